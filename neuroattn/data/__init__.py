@@ -1,0 +1,1 @@
+"""Synthetic data with planted ground truth: multi-site MRI cohorts and fMRI."""

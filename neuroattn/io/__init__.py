@@ -1,0 +1,1 @@
+"""Reading, validating and writing volumes, cohort manifests and checkpoints."""
