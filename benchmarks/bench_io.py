@@ -34,7 +34,7 @@ def run(repeats: int = 3) -> list[dict]:
             megabytes = vol.data.nbytes / 1e6
             for suffix in (".nii", ".nii.gz"):
                 path = Path(tmp) / f"v{edge}{suffix}"
-                save_s = _best_of(lambda path=path: save_volume(vol, path), repeats)
+                save_s = _best_of(lambda path=path, vol=vol: save_volume(vol, path), repeats)
                 load_s = _best_of(lambda path=path: load_volume(path), repeats)
                 rows.append(
                     {

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from neuroattn.errors import NeuroattnError
@@ -154,24 +153,22 @@ def _split_list(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; a NeuroattnError becomes one line on stderr and exit code 2."""
+    """Entry point: run the CLI; a NeuroattnError becomes one line on stderr and exit code 2.
+
+    Usage errors (bad option values) are reported by the CLI parser with exit code 2 as well.
+    """
     try:
-        result = app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except NeuroattnError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 130
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    return int(result) if isinstance(result, int) else 0
+    return 0
 
 
 def console_main() -> None:
