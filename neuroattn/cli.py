@@ -90,7 +90,7 @@ def synth_fmri(
         n_subjects=subjects, n_frames=frames, tr=tr, voxel_size=voxel_size, seed=seed, write_bold=bold
     )
     result = synthesize_fmri_cohort(out, config, progress=progress)
-    typer.echo(f"wrote {len(result.files)} files for {subjects} subjects under {out}")
+    typer.echo(f"wrote {len(result.subjects)} subjects (labels {[int(v) for v in result.labels]}) under {out}")
     typer.echo(f"manifest: {result.manifest_path}")
     typer.echo(f"ground truth: {Path(out) / 'ground_truth.json'}")
 

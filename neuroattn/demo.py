@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import ks_2samp
 
 from neuroattn.io.atomic import atomic_write_text
-from neuroattn.io.manifest import load_manifest
+from neuroattn.io.manifest import ManifestRow, load_manifest
 from neuroattn.io.nifti import load_volume
 from neuroattn.viz import save_montage
 
@@ -37,6 +37,14 @@ class DemoSummary:
         for site, per_mod in self.site_differences.items():
             out.append("  " + site + ": " + ", ".join(f"{m} {v:.3f}" for m, v in per_mod.items()))
         return out
+
+
+def _brain_mask(row: ManifestRow, volume: np.ndarray) -> np.ndarray:
+    """The row's brain mask when the manifest has one, else voxels above 10% of the robust maximum."""
+    mask_path = row.extras.get("mask")
+    if mask_path:
+        return load_volume(mask_path).data > 0.5
+    return volume > 0.1 * np.percentile(volume, 99)
 
 
 def run_demo(out_dir: str | Path, n_subjects: int = 3, seed: int = 0, progress: bool = True) -> DemoSummary:
@@ -70,7 +78,7 @@ def run_demo(out_dir: str | Path, n_subjects: int = 3, seed: int = 0, progress: 
                     continue
                 ref_vol = load_volume(ref_row[0].path).data
                 site_vol = load_volume(site_row[0].path).data
-                brain = ref_vol > 0
+                brain = _brain_mask(ref_row[0], ref_vol)
                 ref_vals.append(ref_vol[brain])
                 site_vals.append(site_vol[brain])
             if ref_vals:

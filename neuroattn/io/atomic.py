@@ -9,6 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_file_mode() -> int:
+    """Mode a newly created file gets under the current umask (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``.
@@ -25,6 +32,8 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(_default_file_mode())  # mkstemp creates 0600; outputs should be shareable like any file
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
