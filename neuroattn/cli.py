@@ -100,7 +100,7 @@ def validate(
     source: Annotated[Path, typer.Argument(help="A NIfTI file, a folder of NIfTI, a manifest CSV or a BIDS folder.")],
 ) -> None:
     """Check inputs the way every pipeline will, and report all problems found."""
-    from neuroattn.io.manifest import read_cohort
+    from neuroattn.io.cohort import read_cohort
     from neuroattn.io.nifti import load_volume
 
     manifest = read_cohort(source)

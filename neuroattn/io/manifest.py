@@ -61,7 +61,7 @@ def _absolute(text: str | Path, root: Path) -> Path:
     return Path(os.path.abspath(p if p.is_absolute() else root / p))
 
 
-def _relative_text(path: Path, root: Path) -> str:
+def relative_text(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` in POSIX form when it lies below ``root``, else its absolute form."""
     try:
         return Path(path).relative_to(root).as_posix()
@@ -132,14 +132,14 @@ class Manifest:
         table = table.reset_index(drop=True).copy()
         paths = [_absolute(p, self.root) for p in table["path"]]
         if "relative_path" not in table.columns:
-            table["relative_path"] = [_relative_text(p, self.root) for p in paths]
+            table["relative_path"] = [relative_text(p, self.root) for p in paths]
         table["path"] = pd.Series(paths, dtype=object)
         for col in ("site", "subject", "session", "modality", "relative_path"):
             values = table[col] if col in table.columns else pd.Series([""] * len(table))
             table[col] = pd.Series(["" if pd.isna(v) else str(v).strip() for v in values], dtype=object)
         # A spelling that no longer names the file under this root (rows moved between cohorts) is redone.
         table["relative_path"] = [
-            rel if rel == "" or _absolute(rel, self.root) == p else _relative_text(p, self.root)
+            rel if rel == "" or _absolute(rel, self.root) == p else relative_text(p, self.root)
             for rel, p in zip(table["relative_path"], paths, strict=True)
         ]
         for col in self._extra_columns(table):
@@ -188,7 +188,7 @@ class Manifest:
         if "relative_path" in table.columns and table["relative_path"].isna().any():
             root_abs = Path(os.path.abspath(root))
             table["relative_path"] = [
-                _relative_text(_absolute(str(p), root_abs), root_abs) if pd.isna(rel) else rel
+                relative_text(_absolute(str(p), root_abs), root_abs) if pd.isna(rel) else rel
                 for p, rel in zip(table["path"], table["relative_path"], strict=True)
             ]
         return cls(table, root=root, source=source)
@@ -307,14 +307,14 @@ class Manifest:
         folder = self.root if folder is None else Path(os.path.abspath(folder))
         t = self.table
         same = folder == self.root
-        paths = list(t["relative_path"]) if same else [_relative_text(p, folder) for p in t["path"]]
+        paths = list(t["relative_path"]) if same else [relative_text(p, folder) for p in t["path"]]
         out = pd.DataFrame({"path": paths, "site": t["site"], "subject": t["subject"]})
         for col in ID_COLUMNS:
             if (t[col] != "").any():
                 out[col] = t[col]
         for col in self.extra_columns:
             if is_path_column(col):
-                out[col] = ["" if v == "" else _relative_text(Path(v), folder) for v in t[col]]
+                out[col] = ["" if v == "" else relative_text(Path(v), folder) for v in t[col]]
             else:
                 out[col] = t[col]
         return out
@@ -515,88 +515,10 @@ def load_manifest(
     # Relative paths keep the manifest's spelling (outputs mirror it); absolute ones become relative to root
     # when they lie below it.
     body["relative_path"] = [p if p == "" or not Path(p).expanduser().is_absolute()
-                             else _relative_text(_absolute(p, root), root) for p in body["path"]]
+                             else relative_text(_absolute(p, root), root) for p in body["path"]]
     manifest = Manifest(body, root=root, source=path)
     problems = validate_manifest(manifest, known_sites=known_sites, expected_modalities=expected_modalities,
                                  require_files=require_files, row_numbers=numbers)
     if problems:
         raise ManifestError(problems, path)
-    return manifest
-
-
-# -- any input -> cohort ---------------------------------------------------------------------------------
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    """NIfTI files below ``folder`` (recursively, sorted), skipping hidden files and folders."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in filenames
-                     if not f.startswith(".") and f.lower().endswith(NIFTI_SUFFIXES))
-    return sorted(found)
-
-
-def manifest_from_files(files: Iterable[str | Path], *, root: str | Path, site: str = UNKNOWN_SITE) -> Manifest:
-    """A manifest of loose NIfTI files: subject = file name without suffix (the relative path when names clash)."""
-    root = Path(os.path.abspath(root))
-    files = [Path(os.path.abspath(f)) for f in files]
-    stems = [nifti_stem(f) for f in files]
-    clashes = {s for s in stems if stems.count(s) > 1}
-    rows = []
-    for f, stem in zip(files, stems, strict=True):
-        rel = _relative_text(f, root)
-        subject = rel[: len(rel) - len(f.name)] + stem if stem in clashes else stem
-        rows.append({"path": f, "relative_path": rel, "site": site, "subject": subject})
-    return Manifest.from_rows(rows, root=root)
-
-
-def read_cohort(
-    source: str | Path,
-    *,
-    known_sites: Iterable[str] | None = None,
-    expected_modalities: Iterable[str] | None = None,
-    require_files: bool = True,
-    default_site: str = UNKNOWN_SITE,
-    **bids_options: object,
-) -> Manifest:
-    """Any cohort input as a validated :class:`Manifest`.
-
-    ``source`` may be
-
-    - a manifest CSV/TSV (any file that is not NIfTI) -> :func:`load_manifest`;
-    - a BIDS folder (has ``dataset_description.json``) -> :func:`neuroattn.io.bids.manifest_from_bids`
-      with ``bids_options``;
-    - a folder holding ``manifest.csv`` (as ``neuroattn data synth-mri`` writes) -> that manifest;
-    - any other folder -> every NIfTI file below it, site ``default_site``, subject from the file name;
-    - a single NIfTI file -> a one-row manifest.
-
-    The same checks as :func:`load_manifest` apply to every kind (``known_sites``, ``expected_modalities``).
-    ``bids_options`` are used only for BIDS input.
-    """
-    source = Path(source).expanduser()
-    if not source.exists():
-        raise InvalidInputError("not found (expected a manifest CSV, a NIfTI file or a folder of them)", source)
-    if source.is_file() and not source.name.lower().endswith(NIFTI_SUFFIXES):
-        return load_manifest(source, known_sites=known_sites, expected_modalities=expected_modalities,
-                             require_files=require_files)
-    if source.is_dir() and (source / "dataset_description.json").is_file():
-        from neuroattn.io.bids import manifest_from_bids  # pybids is imported only for BIDS input
-
-        manifest = manifest_from_bids(source, **bids_options)  # type: ignore[arg-type]
-    elif source.is_dir() and (source / "manifest.csv").is_file():
-        return load_manifest(source / "manifest.csv", known_sites=known_sites,
-                             expected_modalities=expected_modalities, require_files=require_files)
-    elif source.is_dir():
-        files = _nifti_files(source)
-        if not files:
-            raise InvalidInputError(f"no NIfTI files ({', '.join(NIFTI_SUFFIXES)}) in this folder", source)
-        manifest = manifest_from_files(files, root=source, site=default_site)
-    else:
-        manifest = manifest_from_files([source], root=Path(os.path.abspath(source)).parent, site=default_site)
-    manifest.source = source
-    problems = validate_manifest(manifest, known_sites=known_sites, expected_modalities=expected_modalities,
-                                 require_files=require_files)
-    if problems:
-        raise ManifestError(problems, source)
     return manifest

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from neuroattn.errors import InvalidInputError, ManifestError
+from neuroattn.io.cohort import read_cohort
 from neuroattn.io.manifest import (
     Manifest,
     ManifestRow,
     load_manifest,
-    read_cohort,
     validate_manifest,
 )
 from neuroattn.io.nifti import save_volume, volume_from_array
