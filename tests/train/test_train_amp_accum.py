@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_toy_tasks import RegressionTask
+from train_toy_tasks import RegressionTask, quiet_cpu_config
 
 from neuroattn.errors import ConfigError
 from neuroattn.train import TrainConfig, Trainer
@@ -16,21 +16,15 @@ from neuroattn.train.precision import resolve_amp
 
 
 def _config(out_dir: Path, **overrides) -> TrainConfig:
-    values = dict(
-        out_dir=out_dir,
+    defaults = dict(
         max_steps=5,
         batch_size=8,
         lr=0.05,
         min_lr_ratio=0.5,
         checkpoint_every=0,
         log_every=1,
-        device="cpu",
-        amp="off",
-        progress=False,
-        tensorboard=False,
     )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return quiet_cpu_config(out_dir, **{**defaults, **overrides})
 
 
 def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path: Path) -> None:

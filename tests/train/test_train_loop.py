@@ -8,27 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from train_toy_tasks import RegressionTask, ToyGanTask
+from train_toy_tasks import RegressionTask, ToyGanTask, quiet_cpu_config
 
 from neuroattn.errors import ConfigError
 from neuroattn.train import LossItem, ShardedBatchSampler, TrainConfig, Trainer
 
 
 def _config(out_dir: Path, **overrides) -> TrainConfig:
-    values = dict(
-        out_dir=out_dir,
+    defaults = dict(
         max_steps=3,
         batch_size=4,
         grad_accum_steps=2,
         lr=0.01,
         checkpoint_every=0,
-        device="cpu",
-        amp="off",
-        progress=False,
-        tensorboard=False,
     )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return quiet_cpu_config(out_dir, **{**defaults, **overrides})
 
 
 class RecordingGan(ToyGanTask):

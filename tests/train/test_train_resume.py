@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_toy_tasks import RegressionTask, ToyGanTask
+from train_toy_tasks import RegressionTask, ToyGanTask, quiet_cpu_config
 
 from neuroattn.errors import CheckpointError, ConfigError
 from neuroattn.io.checkpoints import load_checkpoint
@@ -17,8 +17,7 @@ from neuroattn.train.state import latest_checkpoint, load_training_state
 
 
 def _config(out_dir: Path, **overrides) -> TrainConfig:
-    values = dict(
-        out_dir=out_dir,
+    defaults = dict(
         max_steps=6,
         batch_size=4,
         grad_accum_steps=2,
@@ -28,13 +27,8 @@ def _config(out_dir: Path, **overrides) -> TrainConfig:
         checkpoint_every=3,
         log_every=1,
         seed=3,
-        device="cpu",
-        amp="off",
-        progress=False,
-        tensorboard=False,
     )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return quiet_cpu_config(out_dir, **{**defaults, **overrides})
 
 
 def _assert_same_modules(a: dict[str, torch.nn.Module], b: dict[str, torch.nn.Module]) -> None:

@@ -11,15 +11,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from safetensors.torch import save_file
-from train_toy_tasks import ToyGanTask
+from train_toy_tasks import ToyGanTask, quiet_cpu_config
 
 from neuroattn.train import TrainConfig, Trainer
 
 
 def ddp_config(out_dir: str | Path, batch_size: int) -> TrainConfig:
     """The run both the 2-rank job and its single-process reference use (only batch size differs)."""
-    return TrainConfig(
-        out_dir=out_dir,
+    return quiet_cpu_config(
+        out_dir,
         max_steps=4,
         batch_size=batch_size,
         grad_accum_steps=2,
@@ -29,10 +29,6 @@ def ddp_config(out_dir: str | Path, batch_size: int) -> TrainConfig:
         checkpoint_every=2,
         log_every=1,
         seed=1,
-        device="cpu",
-        amp="off",
-        progress=False,
-        tensorboard=False,
     )
 
 

@@ -8,7 +8,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from neuroattn.train import LossItem, adam_per_module
+from neuroattn.train import LossItem, TrainConfig, adam_per_module
+
+
+def quiet_cpu_config(out_dir, **values) -> TrainConfig:
+    """A CPU, full-precision, silent TrainConfig; tests pass only the fields they are about."""
+    base = dict(device="cpu", amp="off", progress=False, tensorboard=False, checkpoint_every=0)
+    return TrainConfig(out_dir=out_dir, **{**base, **values})
 
 
 def make_regression_data(n: int, in_dim: int, dtype: torch.dtype, seed: int = 123) -> TensorDataset:
