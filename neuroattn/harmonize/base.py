@@ -171,6 +171,7 @@ class BaseHarmonizer:
         sites: Sequence[str] | None = None,
         masks: Sequence[MaskLike] | np.ndarray | None = None,
         *,
+        subjects: Sequence[str] | None = None,
         modalities: Sequence[str] | None = None,
         covariates: Covariates = None,
     ) -> list[np.ndarray]:
@@ -180,8 +181,8 @@ class BaseHarmonizer:
         volume's site, which must have been seen at fit; per-volume intensity methods accept any site.
         """
         self._check_fitted()
-        data = prepare_inputs(volumes, sites, masks, modalities=modalities, covariates=covariates,
-                              progress=self.progress)
+        data = prepare_inputs(volumes, sites, masks, subjects=subjects, modalities=modalities,
+                              covariates=covariates, progress=self.progress)
         self._check_labels(data)
         return [
             np.asarray(self._transform_one(data, i), dtype=np.float32)
