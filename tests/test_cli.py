@@ -21,6 +21,10 @@ COMMANDS = [
     ["data", "validate"],
     ["demo"],
     ["app"],
+    ["harmonize"],
+    ["harmonize", "train"],
+    ["harmonize", "apply"],
+    ["harmonize", "evaluate"],
 ]
 
 
