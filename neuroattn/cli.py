@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from neuroattn.errors import NeuroattnError
+from neuroattn.commands.bench import bench_app
 from neuroattn.commands.harmonize import harmonize_app
+from neuroattn.errors import NeuroattnError
 
 app = typer.Typer(
     name="neuroattn",
@@ -22,6 +23,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Synthetic data with planted ground truth, and input validation.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(harmonize_app, name="harmonize")
+app.add_typer(bench_app, name="bench")
 
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")]

@@ -25,6 +25,8 @@ COMMANDS = [
     ["harmonize", "train"],
     ["harmonize", "apply"],
     ["harmonize", "evaluate"],
+    ["bench"],
+    ["bench", "attention"],
 ]
 
 
