@@ -12,6 +12,7 @@ from neuroattn.harmonize.base import (
 from neuroattn.harmonize.combat import ComBatHarmonizer
 from neuroattn.harmonize.inputs import HarmonizationData, LoadedCohort, prepare_inputs, volumes_from_manifest
 from neuroattn.harmonize.intensity import NyulHarmonizer, RawHarmonizer, WhiteStripeHarmonizer, ZScoreHarmonizer
+from neuroattn.harmonize.model_harmonizer import SACycleGANHarmonizer
 
 __all__ = [
     "HARMONIZERS",
@@ -22,6 +23,7 @@ __all__ = [
     "NotFittedError",
     "NyulHarmonizer",
     "RawHarmonizer",
+    "SACycleGANHarmonizer",
     "SingleSubjectSiteWarning",
     "UnknownSiteError",
     "WhiteStripeHarmonizer",
