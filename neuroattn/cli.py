@@ -127,15 +127,23 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its data and report.")] = Path(
         "demo_output"
     ),
-    subjects: Annotated[int, typer.Option(min=1, help="Traveling subjects to simulate.")] = 3,
+    steps: Annotated[int, typer.Option(min=0, help="Training steps per SA-CycleGAN variant.")] = 450,
+    ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Also train without attention.")] = True,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings: every stage in under a minute.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Seed = 0,
     progress: Progress = True,
 ) -> None:
-    """Run the main job on built-in data and print where its outputs are."""
-    from neuroattn.demo import run_demo
+    """The main job on built-in data: simulate two sites, train SA-CycleGAN-2.5D and baselines, harmonize
+    held-out subjects, evaluate against ground truth, and print where the report is."""
+    from neuroattn.harmonize.demo_run import HarmonizationDemoConfig, run_harmonization_demo
 
-    summary = run_demo(out, n_subjects=subjects, seed=seed, progress=progress)
-    for line in summary.lines():
+    if quick:
+        config = HarmonizationDemoConfig.quick(seed=seed)
+    else:
+        config = HarmonizationDemoConfig(steps=steps, seed=seed, ablation=ablation, device=device)
+    result = run_harmonization_demo(out, config, progress=progress, echo=typer.echo)
+    for line in result.lines():
         typer.echo(line)
 
 

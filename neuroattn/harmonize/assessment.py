@@ -90,13 +90,14 @@ def evaluate_outputs(
     subjects: Sequence[str] | None = None,
     seed: int = 0,
     n_permutations: int = 1000,
-    ablation: Mapping[str, Mapping] | None = None,
+    ablation: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
     trained: Mapping[str, bool] | None = None,
     progress: bool = True,
 ) -> EvaluationFiles:
     """Evaluate raw + every harmonized folder; write ``metrics.json`` (at ``out``), ``metrics.csv`` and
-    ``report.html`` beside it. ``trained`` flags methods whose model was untrained (shown in the report)."""
+    ``report.html`` beside it. ``trained`` flags methods whose model was untrained (shown in the report);
+    ``ablation`` maps variant labels to evaluated method names for the report's ablation table."""
     out = Path(out)
     metrics_json = out if out.suffix == ".json" else out / "metrics.json"
     loaded = load_for_evaluation(load_manifest(manifest_path), harmonized, reference_site=reference_site,

@@ -113,6 +113,10 @@ def histogram_figure(
     return data
 
 
+def _fmt(value: object, fmt: str) -> str:
+    return fmt.format(value) if isinstance(value, int | float) and np.isfinite(value) else "–"
+
+
 def _table_html(metrics: Mapping) -> str:
     table = metrics_table(metrics)
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in HEADLINE_COLUMNS)
@@ -120,8 +124,7 @@ def _table_html(metrics: Mapping) -> str:
     for method, values in table.iterrows():
         cells = []
         for column, _, fmt in HEADLINE_COLUMNS:
-            value = values.get(column, np.nan)
-            cells.append(f"<td>{fmt.format(value) if np.isfinite(value) else '–'}</td>")
+            cells.append(f"<td>{_fmt(values.get(column), fmt)}</td>")
         rows.append(f"<tr><th>{html.escape(str(method))}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -136,12 +139,12 @@ def write_report(
     reference_site: str,
     title: str = "neuroattn harmonization report",
     notes: Sequence[str] = (),
-    ablation: Mapping[str, Mapping] | None = None,
+    ablation: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a self-contained HTML report (figures embedded) of an evaluation; returns its path.
 
     ``methods`` are the same (subject, site, modality) → volume maps that were evaluated; ``ablation`` maps a
-    variant name (e.g. "dense attention", "no attention") to its metrics dict for a side-by-side table.
+    variant label (e.g. "with attention", "no attention") to the method name it was evaluated under.
     """
     keys = sorted({k for vols in methods.values() for k in vols})
     subjects = sorted({k[0] for k in keys})
@@ -165,14 +168,11 @@ def write_report(
     if ablation:
         parts = ["<h2>Attention ablation</h2><table><tr><th>variant</th>"]
         parts += [f"<th>{html.escape(label)}</th>" for _, label, _ in HEADLINE_COLUMNS] + ["</tr>"]
-        for variant, variant_metrics in ablation.items():
-            row = metrics_table(variant_metrics)
-            values = row.iloc[-1] if len(row) else {}
-            cells = "".join(
-                f"<td>{fmt.format(values.get(c, np.nan)) if np.isfinite(values.get(c, np.nan)) else '–'}</td>"
-                for c, _, fmt in HEADLINE_COLUMNS
-            )
-            parts.append(f"<tr><th>{html.escape(variant)}</th>{cells}</tr>")
+        relative = metrics.get("relative_to_raw", {})
+        for variant, method in ablation.items():
+            values = {**metrics["headline"].get(method, {}), **relative.get(method, {})}
+            cells = "".join(f"<td>{_fmt(values.get(c), fmt)}</td>" for c, _, fmt in HEADLINE_COLUMNS)
+            parts.append(f"<tr><th>{html.escape(variant)} ({html.escape(method)})</th>{cells}</tr>")
         sections.append("".join(parts) + "</table>")
     subject = subjects[0]
     for modality in modalities:
