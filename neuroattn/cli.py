@@ -122,6 +122,30 @@ def validate(
         raise typer.Exit(code=1)
 
 
+@data_app.command("manifest")
+def make_manifest(
+    input: Annotated[list[Path], typer.Option("--input", help="A folder (BraTS-style, BIDS, NIfTI) per site.")],
+    site: Annotated[list[str], typer.Option("--site", help="Site label of each --input, in the same order.")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest CSV to write.")],
+) -> None:
+    """Combine one folder per site (e.g. two BraTS-style datasets) into one validated cohort manifest."""
+    from neuroattn.io.cohort import read_cohort
+    from neuroattn.io.manifest import Manifest, load_manifest
+
+    if len(input) != len(site):
+        raise typer.BadParameter(f"{len(input)} --input but {len(site)} --site; give one site per input")
+    rows = []
+    for folder, label in zip(input, site, strict=True):
+        for row in read_cohort(folder, default_site=label):
+            own_site = row.site not in ("", "unknown")
+            rows.append({"path": row.path, "site": row.site if own_site else label, "subject": row.subject,
+                         "session": row.session, "modality": row.modality, **row.extras})
+    Manifest.from_rows(rows).to_csv(out)
+    manifest = load_manifest(out)
+    typer.echo(f"wrote {out}: {len(manifest)} images, {len(manifest.subjects)} subjects, sites {manifest.sites}, "
+               f"modalities {manifest.modalities}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where the demo writes its data and report.")] = Path(

@@ -27,6 +27,8 @@ def train(
     batch_size: Annotated[int, typer.Option(min=1, help="2.5D stacks per step and site.")] = 8,
     base_channels: Annotated[int, typer.Option(min=4, help="Generator width (64 as published).")] = 64,
     res_blocks: Annotated[int, typer.Option(min=3, help="Residual blocks (9 as published).")] = 9,
+    disc_layers: Annotated[int, typer.Option(min=1, help="PatchGAN depth (3 = 70x70; 2 for small slices).")] = 3,
+    crop: Annotated[int | None, typer.Option(help="Train on random square patches of this many pixels.")] = None,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 2e-4,
     planes: Annotated[str, typer.Option(help="axial | coronal | sagittal | all (3-plane fusion).")] = "axial",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -41,7 +43,8 @@ def train(
     if method == "sa-cyclegan":
         params = dict(
             attention="none" if no_attention else attention, max_steps=steps, batch_size=batch_size,
-            base_channels=base_channels, n_res_blocks=res_blocks, lr=lr, planes=_planes(planes), device=device,
+            base_channels=base_channels, n_res_blocks=res_blocks, disc_layers=disc_layers, crop_size=crop,
+            lr=lr, planes=_planes(planes), device=device,
             seed=seed, source_site=source,
         )
     elif no_attention or attention != "dense":

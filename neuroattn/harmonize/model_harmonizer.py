@@ -260,6 +260,7 @@ class SACycleGANHarmonizer(BaseHarmonizer):
         self.models_, self.training_ = {}, {}
         planes = resolve_planes(self.planes)
         canvas = common_canvas([v.shape for items in by_site.values() for v, _, _ in items], planes)
+        self._check_discriminator_fits(canvas)
         slices: dict[str, dict[str, int]] = {}
         temp = None if self.run_dir is not None else tempfile.TemporaryDirectory(prefix="sa-cyclegan-")
         root = Path(self.run_dir if self.run_dir is not None else temp.name)  # type: ignore[union-attr]
@@ -278,6 +279,19 @@ class SACycleGANHarmonizer(BaseHarmonizer):
                 temp.cleanup()
         self.trained_ = all(t["finished"] and t["steps"] > 0 for t in self.training_.values())
         self.data_summary_ = self._summary(data, groups, canvas, slices)
+
+    def _check_discriminator_fits(self, canvas: tuple[int, int]) -> None:
+        """Fail with advice (not a conv error mid-training) when slices are too small for the PatchGAN."""
+        side = min(canvas) if self.crop_size is None else min(*canvas, self.crop_size)
+        probe = self._build_model(self.model_config_).discriminators["a"]
+        try:
+            with torch.no_grad():
+                probe(torch.zeros(1, self.model_config_.modalities, side, side))
+        except RuntimeError:
+            raise ConfigError(
+                f"slices of {side} pixels are too small for a {self.disc_layers}-layer PatchGAN at "
+                f"{self.model_config_.disc_scales} scales; use disc_layers=2 (--disc-layers 2) or finer voxels"
+            ) from None
 
     def _train_pair(self, source: str, banks: list[SliceBank], root: Path) -> tuple[SACycleGAN, dict[str, Any]]:
         model = self._build_model(self.model_config_)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from neuroattn.errors import InvalidInputError, ManifestError
+from neuroattn.io.brats import is_brats_layout, manifest_from_brats
 from neuroattn.io.manifest import (
     UNKNOWN_SITE,
     Manifest,
@@ -59,6 +60,8 @@ def read_cohort(
     - a BIDS folder (has ``dataset_description.json``) -> :func:`neuroattn.io.bids.manifest_from_bids`
       with ``bids_options``;
     - a folder holding ``manifest.csv`` (as ``neuroattn data synth-mri`` writes) -> that manifest;
+    - a BraTS-style folder (subject folders of ``<id>_t1/_t1ce/_t2/_flair`` files) -> one row per subject and
+      modality (:mod:`neuroattn.io.brats`), site ``default_site``;
     - any other folder -> every NIfTI file below it, site ``default_site``, subject from the file name;
     - a single NIfTI file -> a one-row manifest.
 
@@ -78,6 +81,8 @@ def read_cohort(
     elif source.is_dir() and (source / "manifest.csv").is_file():
         return load_manifest(source / "manifest.csv", known_sites=known_sites,
                              expected_modalities=expected_modalities, require_files=require_files)
+    elif is_brats_layout(source):
+        manifest = manifest_from_brats(source, site=default_site)
     elif source.is_dir():
         files = _nifti_files(source)
         if not files:
