@@ -154,6 +154,7 @@ def demo(
     steps: Annotated[int, typer.Option(min=0, help="Training steps per SA-CycleGAN variant.")] = 450,
     ablation: Annotated[bool, typer.Option("--ablation/--no-ablation", help="Also train without attention.")] = True,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings: every stage in under a minute.")] = False,
+    config: Annotated[Path | None, typer.Option(help="A pipelines/harmonization-*.yaml settings file.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     seed: Seed = 0,
     progress: Progress = True,
@@ -162,11 +163,15 @@ def demo(
     held-out subjects, evaluate against ground truth, and print where the report is."""
     from neuroattn.harmonize.demo_run import HarmonizationDemoConfig, run_harmonization_demo
 
-    if quick:
-        config = HarmonizationDemoConfig.quick(seed=seed)
+    if config is not None:
+        from neuroattn.pipelines import load_pipeline_config
+
+        settings = load_pipeline_config(config, HarmonizationDemoConfig)
+    elif quick:
+        settings = HarmonizationDemoConfig.quick(seed=seed)
     else:
-        config = HarmonizationDemoConfig(steps=steps, seed=seed, ablation=ablation, device=device)
-    result = run_harmonization_demo(out, config, progress=progress, echo=typer.echo)
+        settings = HarmonizationDemoConfig(steps=steps, seed=seed, ablation=ablation, device=device)
+    result = run_harmonization_demo(out, settings, progress=progress, echo=typer.echo)
     for line in result.lines():
         typer.echo(line)
 
