@@ -49,7 +49,8 @@ def load_for_evaluation(
 
     Masks come from the manifest's ``mask`` column (one per subject), ground truth from ``ground_truth`` and
     tissue labels from ``dseg_path`` when present. Volumes of one subject must share a grid across sites
-    (traveling subjects, or co-registered data).
+    (traveling subjects, or co-registered data). Cohorts with different subjects at each site (e.g. one
+    BraTS-style dataset per site) are evaluated as unpaired (see :func:`evaluate_harmonization`).
     """
     rows = [r for r in manifest if subjects is None or r.subject in set(subjects)]
     if not rows:

@@ -1,27 +1,36 @@
 """Judge harmonization methods side by side: site shift, site predictability, ground-truth fidelity, anatomy, radiomics.
 
 Every method is given as ``{(subject, site, modality): harmonized RAS array}`` on one voxel grid per subject
-(the ``"raw"`` method holds the unharmonized scans). All methods must cover the same scans. What is
-measured, per method:
+(the ``"raw"`` method holds the unharmonized scans). All methods must cover the same scans. Two designs:
 
-- ``mmd``: unbiased MMD^2 between the reference site's scans and each other site's (one sample = one scan,
-  paired by subject), RBF kernel at the median heuristic and multi-bandwidth (median x 0.25..4), paired
-  permutation p-values (within-subject swaps; exact enumeration for up to log2(n_permutations) subjects); on
-  intensity features (in-mask + per-tissue quantiles) and on random-conv features (untrained); per
-  modality and on all modalities concatenated per visit. Features are z-scored with pooled statistics.
+- paired traveling subjects: every subject scanned at every site (a complete (subject, site, modality) grid);
+- unpaired: different subjects at each site (e.g. one public dataset per site). Every scanned (subject, site)
+  needs every modality and every site at least 2 subjects.
+
+What is measured, per method:
+
+- ``mmd``: unbiased MMD^2 between the reference site's scans and each other site's (one sample = one scan),
+  RBF kernel at the median heuristic and multi-bandwidth (median x 0.25..4); paired by subject with
+  within-subject-swap permutation p-values (exact enumeration for up to log2(n_permutations) subjects), or,
+  unpaired, each site's own subjects with a free permutation of scans between the two sites; on intensity
+  features (in-mask + per-tissue quantiles) and on random-conv features (untrained); per modality and on
+  all modalities concatenated per visit. Features are z-scored with pooled statistics.
 - ``domain_classifier``: a site classifier retrained on this method's output (per-slice features,
   logistic regression, folds grouped by subject), scan-level accuracy/AUC with subject-bootstrap CIs.
-- ``distances``: KS and Wasserstein-1 between sites' pooled in-mask intensities, per tissue, per pair of
-  sites (at most ``max_voxels`` values per site and tissue, seeded subsample).
-- ``ground_truth``: PSNR and SSIM inside the mask of every non-reference scan against the ground truth
-  (data range: in-mask p0.5..p99.5 span of the ground truth), and against the method's own output for the
-  subject's reference-site scan (fair to methods whose output scale differs from the scanner's).
+- ``distances``: KS and Wasserstein-1 between sites' pooled in-mask intensities (each site's own
+  subjects), per tissue, per pair of sites (at most ``max_voxels`` values per site and tissue, seeded).
+- ``ground_truth``: PSNR and SSIM inside the mask of every non-reference scan against the ground truth of
+  its subject where given (data range: in-mask p0.5..p99.5 span of the ground truth), and, for traveling
+  subjects, against the method's own output for the subject's reference-site scan (fair to methods whose
+  output scale differs from the scanner's). None when neither applies.
 - ``dice``: GMM tissue segmentation of each non-reference scan vs the same segmentation of the ground truth,
-  and vs the true tissue labels.
-- ``radiomics``: IBSI-style first-order + GLCM features per tissue ROI, ICC(2,1)/ICC(3,1) across sites.
+  and vs the true tissue labels (subjects that have them).
+- ``radiomics``: IBSI-style first-order + GLCM features per tissue ROI, ICC(2,1)/ICC(3,1) across sites on
+  the subjects scanned at every site; None (not applicable) with fewer than 2 such subjects.
 
-Tissue ROIs come from ``dsegs`` when given, else from a GMM segmentation of the ground truth (a T1-like
-modality first), else from one of the reference-site scans of the first method (``"raw"`` if present).
+Tissue ROIs of a subject come from its ``dsegs`` entry when given, else from a GMM segmentation of its
+ground truth (a T1-like modality first), else from its own scan of the first method (``"raw"`` if
+present) at the reference site, or at its first site when it was not scanned at the reference site.
 """
 
 from __future__ import annotations
@@ -31,7 +40,6 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,33 +48,35 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from neuroattn.errors import InvalidInputError
-from neuroattn.harmonize.domain import cross_validate_domain, slice_features
-from neuroattn.harmonize.metrics import (
-    MULTI_BANDWIDTH_FACTORS,
-    ROBUST_RANGE_PERCENTILES,
-    distribution_distances,
-    intensity_features,
-    learned_features,
-    mmd_test,
-    psnr_in_mask,
-    robust_range,
-    ssim_in_mask,
-    tissue_values,
+from neuroattn.harmonize.evaluate_blocks import (
+    ICC_THRESHOLD,
+    PAIRED,
+    STAGES,
+    TISSUES,
+    UNPAIRED,
+    EvalContext,
+    dice_summary,
+    nanmean,
 )
-from neuroattn.harmonize.radiomics import N_BINS, radiomic_features, radiomic_reproducibility, summarize_icc
+from neuroattn.harmonize.metrics import MULTI_BANDWIDTH_FACTORS, ROBUST_RANGE_PERCENTILES
+from neuroattn.harmonize.radiomics import N_BINS
 from neuroattn.harmonize.segmentation import dice_per_class, segment_tissues, tissue_order
 from neuroattn.io.atomic import atomic_path, atomic_write_text
 
 Key = tuple[str, str, str]  # (subject, site, modality)
-TISSUES = {1: "csf", 2: "gm", 3: "wm"}
-ICC_THRESHOLD = 0.75
 
 
 # ------------------------------------------------------------------------------------------------- inputs
 
 
-def _cohort(methods: Mapping[str, Mapping[Key, np.ndarray]], reference_site: str) -> tuple[list, list, list]:
-    """Subjects, sites (reference first) and modalities of a complete grid shared by every method."""
+def _cohort(
+    methods: Mapping[str, Mapping[Key, np.ndarray]], reference_site: str
+) -> tuple[list[str], list[str], list[str], dict[str, list[str]]]:
+    """Subjects, sites (reference first), modalities and each site's subjects, shared by every method.
+
+    A complete (subject, site, modality) grid is the paired design; otherwise the cohort is unpaired and
+    each scanned (subject, site) must hold every modality, each site at least 2 subjects.
+    """
     if not methods:
         raise InvalidInputError("no methods to evaluate.")
     names = list(methods)
@@ -78,9 +88,14 @@ def _cohort(methods: Mapping[str, Mapping[Key, np.ndarray]], reference_site: str
     if not keys:
         raise InvalidInputError(f"method {names[0]!r} holds no scans.")
     subjects, sites, modalities = (sorted({k[i] for k in keys}) for i in range(3))
-    missing = [k for k in itertools.product(subjects, sites, modalities) if k not in keys]
+    visits = {(k[0], k[1]) for k in keys}
+    paired = len(visits) == len(subjects) * len(sites)
+    missing = [(s, site, m) for s, site in sorted(visits) for m in modalities if (s, site, m) not in keys]
     if missing:
-        raise InvalidInputError(f"every subject needs every site and modality; missing {missing[:5]}.")
+        raise InvalidInputError(
+            f"every scanned (subject, site) needs every modality {modalities}; missing {len(missing)} "
+            f"(subject, site, modality): {missing[:10]}{' ...' if len(missing) > 10 else ''}."
+        )
     if reference_site not in sites:
         raise InvalidInputError(f"'reference_site' must be one of {sites}. {reference_site!r} was provided.")
     if len(sites) < 2:
@@ -88,10 +103,17 @@ def _cohort(methods: Mapping[str, Mapping[Key, np.ndarray]], reference_site: str
     if len(subjects) < 2:
         raise InvalidInputError(f"evaluation needs at least 2 subjects; got {subjects}.")
     sites = [reference_site] + [s for s in sites if s != reference_site]
-    return subjects, sites, modalities
+    present = {site: [s for s in subjects if (s, site) in visits] for site in sites}
+    few = {site: subs for site, subs in present.items() if len(subs) < 2}
+    if not paired and few:
+        raise InvalidInputError(f"an unpaired evaluation needs at least 2 subjects per site; got {few}.")
+    return subjects, sites, modalities, present
 
 
-def _check_arrays(methods, masks, ground_truth, dsegs, subjects, modalities) -> dict[str, np.ndarray]:
+def _check_arrays(
+    methods, masks, ground_truth, dsegs, subjects, modalities
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Boolean masks per subject, and the subjects with ground truth (every modality) and with tissue labels."""
     out = {}
     for s in subjects:
         if s not in masks:
@@ -107,15 +129,26 @@ def _check_arrays(methods, masks, ground_truth, dsegs, subjects, modalities) -> 
                 raise InvalidInputError(f"{name} {s}/{site}/{mod}: shape {arr.shape} differs from the mask's.")
             if not np.isfinite(arr[out[s]]).all():
                 raise InvalidInputError(f"{name} {s}/{site}/{mod}: NaN or infinite values inside the brain mask.")
-    for s, mod in itertools.product(subjects, modalities) if ground_truth is not None else ():
-        if (s, mod) not in ground_truth:
-            raise InvalidInputError(f"no ground truth for subject {s!r}, modality {mod!r}.")
-        if np.asarray(ground_truth[(s, mod)]).shape != out[s].shape:
-            raise InvalidInputError(f"ground truth {s}/{mod} has another shape than the mask.")
-    for s in subjects if dsegs is not None else ():
-        if s not in dsegs or np.asarray(dsegs[s]).shape != out[s].shape:
+    gt_subjects = []
+    for s in subjects if ground_truth is not None else ():
+        have = [m for m in modalities if (s, m) in ground_truth]
+        if not have:
+            continue
+        for mod in modalities:
+            if mod not in have:
+                raise InvalidInputError(f"no ground truth for subject {s!r}, modality {mod!r} (it has {have}).")
+            if np.asarray(ground_truth[(s, mod)]).shape != out[s].shape:
+                raise InvalidInputError(f"ground truth {s}/{mod} has another shape than the mask.")
+        gt_subjects.append(s)
+    if ground_truth is not None and not gt_subjects:
+        raise InvalidInputError(f"the ground truth covers none of the subjects {subjects} and modalities {modalities}.")
+    dseg_subjects = [s for s in subjects if dsegs is not None and s in dsegs]
+    for s in dseg_subjects:
+        if np.asarray(dsegs[s]).shape != out[s].shape:
             raise InvalidInputError(f"no tissue labels of the mask's shape for subject {s!r}.")
-    return out
+    if dsegs is not None and not dseg_subjects:
+        raise InvalidInputError(f"the tissue labels cover none of the subjects {subjects}.")
+    return out, gt_subjects, dseg_subjects
 
 
 def _pick_modality(modalities: list[str]) -> str:
@@ -128,19 +161,28 @@ def _pick_modality(modalities: list[str]) -> str:
     return modalities[0]
 
 
+def _tissue_labels(methods: Mapping, ctx: EvalContext) -> tuple[dict[str, np.ndarray], str]:
+    """Tissue ROIs per subject (true labels, else GMM of its ground truth, else GMM of its own scan), and
+    where they came from."""
+    mod = _pick_modality(ctx.modalities)
+    first = "raw" if "raw" in methods else next(iter(methods))
+    labels, sources = {}, {}
+    for s in ctx.subjects:
+        if ctx.dsegs is not None and s in ctx.dsegs:
+            labels[s], sources[s] = ctx.dsegs[s], "dsegs (true tissue labels)"
+        elif ctx.gt_seg is not None and (s, mod) in ctx.gt_seg:
+            labels[s], sources[s] = ctx.gt_seg[(s, mod)], f"GMM segmentation of the ground truth ({mod})"
+        else:
+            site = next(site for site in ctx.sites if s in ctx.present[site])  # reference site when scanned there
+            labels[s] = segment_tissues(methods[first][(s, site, mod)], ctx.masks[s], mod)
+            sources[s] = f"GMM segmentation of {first!r} {site} {mod} scans"
+    kinds = list(dict.fromkeys(sources.values()))
+    counts = {k: sum(v == k for v in sources.values()) for k in kinds}
+    source = kinds[0] if len(kinds) == 1 else "; ".join(f"{k} for {counts[k]} subjects" for k in kinds)
+    return {s: np.where(ctx.masks[s], labels[s], 0) for s in ctx.subjects}, source
+
+
 # ---------------------------------------------------------------------------------------------- summaries
-
-
-def _mean_sd(values) -> dict[str, float]:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
-def _nanmean(values) -> float:
-    v = [x for x in values if x is not None and np.isfinite(x)]
-    return float(np.mean(v)) if v else float("nan")
 
 
 def _jsonable(obj):
@@ -158,164 +200,13 @@ def _jsonable(obj):
     return obj
 
 
-# ------------------------------------------------------------------------------------------ method blocks
-
-
-@dataclass
-class _Context:
-    """What every method is judged against: the cohort, masks, tissue ROIs, ground truth and settings."""
-
-    subjects: list[str]
-    sites: list[str]  # reference first
-    modalities: list[str]
-    masks: dict[str, np.ndarray]  # subject -> bool (X, Y, Z)
-    labels: dict[str, np.ndarray]  # subject -> tissue ROIs (X, Y, Z), 0 outside the mask
-    ground_truth: Mapping[tuple[str, str], np.ndarray] | None
-    gt_seg: dict[tuple[str, str], np.ndarray] | None  # (subject, modality) -> GMM labels of the ground truth
-    dsegs: dict[str, np.ndarray] | None
-    s: dict  # settings
-
-    @property
-    def reference(self) -> str:
-        return self.sites[0]
-
-    @property
-    def others(self) -> list[str]:
-        return self.sites[1:]
-
-
-def _mmd_block(feats: dict[Key, np.ndarray], ctx: _Context) -> dict:
-    out: dict[str, dict] = {}
-    for mod in [*ctx.modalities, "all"]:
-        mods = ctx.modalities if mod == "all" else [mod]
-
-        def sample(site: str, mods: list[str] = mods) -> np.ndarray:
-            return np.stack([np.concatenate([feats[(s, site, m)] for m in mods]) for s in ctx.subjects])
-
-        x = sample(ctx.reference)
-        out[mod] = {
-            site: {
-                kernel: mmd_test(
-                    x,
-                    sample(site),
-                    kernel=kernel,
-                    n_permutations=ctx.s["n_permutations"],
-                    seed=ctx.s["seed"],
-                    paired=True,  # row i of both samples is subject i (traveling subjects)
-                ).to_dict()
-                for kernel in ("median", "multi")
-            }
-            for site in ctx.others
-        }
-    return out
-
-
-def _domain_block(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    per_scan = {k: slice_features(v, ctx.masks[k[0]])[0] for k, v in scans.items()}  # (S, F) each
-    out = {}
-    for mod in [*ctx.modalities, "all"]:
-        mods = ctx.modalities if mod == "all" else [mod]
-        feats, labels, groups, scan_ids = [], [], [], []
-        for s, site in itertools.product(ctx.subjects, ctx.sites):
-            f = np.concatenate([per_scan[(s, site, m)] for m in mods], axis=1)  # (S, F * len(mods))
-            feats.append(f)
-            labels += [site] * len(f)
-            groups += [s] * len(f)
-            scan_ids += [f"{s}|{site}"] * len(f)
-        res = cross_validate_domain(
-            np.concatenate(feats),
-            labels,
-            groups,
-            scan_ids,
-            classifier=ctx.s["classifier"],
-            n_bootstrap=ctx.s["n_bootstrap"],
-            n_label_permutations=ctx.s["n_label_permutations"] if mod == "all" else 0,
-            seed=ctx.s["seed"],
-        )
-        out[mod] = res.to_dict()
-    return out
-
-
-def _distance_block(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    out: dict[str, dict] = {}
-    for mod in ctx.modalities:
-        pooled = {}
-        for site in ctx.sites:
-            parts = [tissue_values(scans[(s, site, mod)], ctx.masks[s], ctx.labels[s]) for s in ctx.subjects]
-            pooled[site] = {t: np.concatenate([p[t] for p in parts]) for t in ["all", *TISSUES.values()]}
-        for a, b in itertools.combinations(ctx.sites, 2):
-            both = np.concatenate([pooled[a]["all"], pooled[b]["all"]])
-            scale = float(both.std())
-            pair = out.setdefault(f"{a}-vs-{b}", {})
-            pair[mod] = {
-                t: distribution_distances(
-                    pooled[a][t], pooled[b][t], scale=scale, max_samples=ctx.s["max_voxels"], seed=ctx.s["seed"]
-                )
-                for t in ["all", *TISSUES.values()]
-            }
-    return out
-
-
-def _ground_truth_block(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    rows = []
-    for s, site, mod in itertools.product(ctx.subjects, ctx.others, ctx.modalities):
-        pred, mask, own_ref = scans[(s, site, mod)], ctx.masks[s], scans[(s, ctx.reference, mod)]
-        row = {"modality": mod, "site": site}
-        if ctx.ground_truth is not None:
-            gt = ctx.ground_truth[(s, mod)]
-            r = robust_range(gt, mask)
-            row.update(psnr=psnr_in_mask(pred, gt, mask, r), ssim=ssim_in_mask(pred, gt, mask, r))
-        r = robust_range(own_ref, mask)
-        row.update(
-            psnr_vs_method_reference=psnr_in_mask(pred, own_ref, mask, r),
-            ssim_vs_method_reference=ssim_in_mask(pred, own_ref, mask, r),
-        )
-        rows.append(row)
-    metrics = [k for k in rows[0] if k not in ("modality", "site")]
-    out = {mod: {k: _mean_sd(r[k] for r in rows if r["modality"] == mod) for k in metrics} for mod in ctx.modalities}
-    out["all"] = {k: _mean_sd(r[k] for r in rows) for k in metrics}
-    return out
-
-
-def _dice_summary(rows: list[dict[int, float]]) -> dict:
-    out = {TISSUES[t]: _mean_sd(r[t] for r in rows) for t in TISSUES}
-    out["mean"] = _mean_sd(_nanmean(r.values()) for r in rows)
-    return out
-
-
-def _dice_block(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    vs_gt: dict[str, list] = {m: [] for m in ctx.modalities}
-    vs_dseg: dict[str, list] = {m: [] for m in ctx.modalities}
-    for s, site, mod in itertools.product(ctx.subjects, ctx.others, ctx.modalities):
-        seg = segment_tissues(scans[(s, site, mod)], ctx.masks[s], mod, seed=ctx.s["seed"])
-        if ctx.gt_seg is not None:
-            vs_gt[mod].append(dice_per_class(seg, ctx.gt_seg[(s, mod)]))
-        if ctx.dsegs is not None:
-            vs_dseg[mod].append(dice_per_class(seg, ctx.dsegs[s]))
-    out = {}
-    for name, table in (("vs_ground_truth", vs_gt), ("vs_dseg", vs_dseg)):
-        if any(table.values()):
-            block = {mod: _dice_summary(rows) for mod, rows in table.items()}
-            block["all"] = _dice_summary([r for rows in table.values() for r in rows])
-            out[name] = block
-    return out
-
-
-def _radiomics_block(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    by_site: dict[str, dict[str, dict[str, float]]] = {site: {} for site in ctx.sites}
-    for s, site, mod in itertools.product(ctx.subjects, ctx.sites, ctx.modalities):
-        feats = radiomic_features(scans[(s, site, mod)], ctx.labels[s], TISSUES, ctx.s["radiomics_bins"])
-        by_site[site].setdefault(s, {}).update({f"{mod}/{k}": v for k, v in feats.items()})
-    per_feature = radiomic_reproducibility(by_site)
-    return {"summary": summarize_icc(per_feature, ICC_THRESHOLD), "per_feature": per_feature}
-
-
-def _headline(block: dict, ctx: _Context) -> dict[str, float]:
-    h: dict[str, float] = {}
+def _headline(block: dict, ctx: EvalContext) -> dict[str, float | None]:
+    """One flat dict of headline numbers; ground-truth keys only where measured, ICC None if not applicable."""
+    h: dict[str, float | None] = {}
     for space in ("intensity", "learned"):
         per_site = block["mmd"][space]["all"]
         for kernel, suffix in (("median", ""), ("multi", "_multi")):
-            h[f"mmd_{space}{suffix}"] = _nanmean(per_site[s][kernel]["mmd2"] for s in ctx.others)
+            h[f"mmd_{space}{suffix}"] = nanmean(per_site[s][kernel]["mmd2"] for s in ctx.others)
             h[f"mmd_{space}{suffix}_p"] = max(per_site[s][kernel]["p_value"] for s in ctx.others)
     dc = block["domain_classifier"]["all"]
     h.update(
@@ -327,23 +218,24 @@ def _headline(block: dict, ctx: _Context) -> dict[str, float]:
         domain_accuracy_p=dc["accuracy_p_value"],
     )
     tissue_cells = [cell[t] for pair in block["distances"].values() for cell in pair.values() for t in TISSUES.values()]
-    h["ks"] = _nanmean(c["ks"] for c in tissue_cells)
-    h["wasserstein_normalized"] = _nanmean(c["wasserstein_normalized"] for c in tissue_cells)
-    gt = block["ground_truth"]["all"]
+    h["ks"] = nanmean(c["ks"] for c in tissue_cells)
+    h["wasserstein_normalized"] = nanmean(c["wasserstein_normalized"] for c in tissue_cells)
+    gt = (block.get("ground_truth") or {}).get("all", {})
     for k in ("psnr", "ssim", "psnr_vs_method_reference", "ssim_vs_method_reference"):
         if k in gt:
             h[k] = gt[k]["mean"]
     for k in ("vs_ground_truth", "vs_dseg"):
-        if k in block["dice"]:
+        if k in (block.get("dice") or {}):
             h[f"dice_{k}"] = block["dice"][k]["all"]["mean"]["mean"]
-    icc = block["radiomics"]["summary"]
-    h["icc_median"] = icc["icc2_1"]["median"]
-    h[f"icc_fraction_above_{ICC_THRESHOLD:g}"] = icc["icc2_1"][f"fraction_above_{ICC_THRESHOLD:g}"]
-    h["icc3_median"] = icc["icc3_1"]["median"]
+    icc = (block.get("radiomics") or {}).get("summary")
+    above = f"fraction_above_{ICC_THRESHOLD:g}"
+    h["icc_median"] = icc["icc2_1"]["median"] if icc else None
+    h[f"icc_{above}"] = icc["icc2_1"][above] if icc else None
+    h["icc3_median"] = icc["icc3_1"]["median"] if icc else None
     return h
 
 
-def _relative(h: dict[str, float], raw: dict[str, float]) -> dict[str, float | None]:
+def _relative(h: dict[str, float | None], raw: dict[str, float | None]) -> dict[str, float | None]:
     """Changes vs the raw scans: % reductions for distances (None if raw's is <= 0), differences for scores.
 
     A method's negative MMD^2 estimate enters the reduction as 0 (``100 * (1 - max(mmd, 0) / mmd_raw)``).
@@ -379,29 +271,12 @@ def _relative(h: dict[str, float], raw: dict[str, float]) -> dict[str, float | N
     return out
 
 
-def _mmd_stage(scans: Mapping[Key, np.ndarray], ctx: _Context) -> dict:
-    keys = list(itertools.product(ctx.subjects, ctx.sites, ctx.modalities))
-    feats = {k: intensity_features(scans[k], ctx.masks[k[0]], ctx.labels[k[0]]) for k in keys}
-    learned = learned_features([scans[k] for k in keys], [ctx.masks[k[0]] for k in keys], seed=ctx.s["seed"])
-    return {"intensity": _mmd_block(feats, ctx), "learned": _mmd_block(dict(zip(keys, learned, strict=True)), ctx)}
-
-
-_STAGES = {  # output key -> stage; each gets (scans, ctx)
-    "mmd": _mmd_stage,
-    "domain_classifier": _domain_block,
-    "distances": _distance_block,
-    "ground_truth": _ground_truth_block,
-    "dice": _dice_block,
-    "radiomics": _radiomics_block,
-}
-
-
-def _run_stages(methods: Mapping, ctx: _Context, results: dict, runtime: dict, progress: bool) -> None:
+def _run_stages(methods: Mapping, ctx: EvalContext, results: dict, runtime: dict, progress: bool) -> None:
     """Run every stage on every method, filling ``results`` and ``runtime`` (seconds per stage)."""
-    bar = tqdm(total=len(methods) * len(_STAGES), desc="evaluating", unit="step", disable=not progress)
+    bar = tqdm(total=len(methods) * len(STAGES), desc="evaluating", unit="step", disable=not progress)
     for name, scans in methods.items():
         block, runtime[name] = {}, {}
-        for key, fn in _STAGES.items():
+        for key, fn in STAGES.items():
             bar.set_postfix_str(f"{name}: {key}")
             t0 = time.perf_counter()
             block[key] = fn(scans, ctx)
@@ -437,16 +312,21 @@ def evaluate_harmonization(
     ----------
     methods : ``{method: {(subject, site, modality): ndarray (X, Y, Z)}}``
         Harmonized RAS volumes; ``"raw"`` (the unharmonized scans), if present, is the baseline of
-        ``relative_to_raw``. Every method must hold every (subject, site, modality).
+        ``relative_to_raw``. Every method must hold the same scans: either every (subject, site, modality)
+        (paired traveling subjects) or, unpaired, every modality of each scanned (subject, site) with at
+        least 2 subjects per site.
     masks : ``{subject: ndarray (X, Y, Z)}`` brain masks (non-zero = brain).
     ground_truth : ``{(subject, modality): ndarray (X, Y, Z)}``, optional
-        The subject scanned at the reference site (traveling subjects); enables PSNR/SSIM and Dice vs GT.
+        The subject scanned at the reference site; enables PSNR/SSIM and Dice vs GT for the subjects it
+        covers (each with every modality; subjects without any are skipped).
     dsegs : ``{subject: ndarray (X, Y, Z)}``, optional
-        True tissue labels (0 background, 1 CSF, 2 GM, 3 WM); tissue ROIs and Dice vs the true labels.
+        True tissue labels (0 background, 1 CSF, 2 GM, 3 WM) of some or all subjects; their tissue ROIs and
+        Dice vs the true labels.
     reference_site : the site every other site is compared with (the harmonization target).
     n_permutations, n_bootstrap : MMD permutations and domain-classifier bootstrap resamples (both seeded).
     n_label_permutations : if > 0, the all-modality site classifier is rerun on this many within-subject
-        site-label shuffles for a p-value of its accuracy (costs that many extra cross-validations).
+        site-label shuffles for a p-value of its accuracy (costs that many extra cross-validations; paired
+        design only).
     max_voxels : KS/Wasserstein use at most this many pooled voxels per site and tissue (seeded subsample).
 
     Returns
@@ -455,55 +335,40 @@ def evaluate_harmonization(
     method), ``headline`` (one flat dict of headline numbers per method), ``relative_to_raw`` and
     ``runtime_s``. NaN and infinities are stored as None.
     """
-    subjects, sites, modalities = _cohort(methods, reference_site)
-    bool_masks = _check_arrays(methods, masks, ground_truth, dsegs, subjects, modalities)
-    settings = {
-        "seed": seed,
-        "n_permutations": n_permutations,
-        "n_bootstrap": n_bootstrap,
-        "n_label_permutations": n_label_permutations,
-        "classifier": classifier,
-        "max_voxels": max_voxels,
-        "radiomics_bins": radiomics_bins,
-        "mmd": "unbiased MMD^2, one sample per scan, paired by subject (cross term skips same-subject pairs; null = "
-        "within-subject site swaps, exact when 2^n_subjects <= n_permutations), features z-scored with pooled "
-        "statistics; kernels: "
-        f"'median' = RBF at the median pairwise distance, 'multi' = sum of RBFs at median x {MULTI_BANDWIDTH_FACTORS}",
-        "learned_features": "random-conv features (untrained): seeded 3-layer CNN on axial slices, pooled per scan",
-        "domain_classifier": "per-axial-slice features, folds grouped by subject, scan level = mean slice "
-        "probability; accuracy/AUC on pooled out-of-fold predictions, 95% CI by subject bootstrap",
-        "data_range": "PSNR/SSIM data range = in-mask p{}..p{} span of the comparison target".format(
-            *ROBUST_RANGE_PERCENTILES
-        ),
-        "subsampling": f"KS/Wasserstein: at most {max_voxels} pooled voxels per site, modality and tissue (seeded); "
-        "GMM segmentation fitted on 20000 in-mask voxels (seeded), applied to all",
-        "icc": "ICC(2,1) two-way random, absolute agreement (headline); ICC(3,1) consistency also given",
-    }
-    dseg_arrays = None if dsegs is None else {s: np.asarray(dsegs[s]).astype(np.int64) for s in subjects}
-    gt_seg = None
-    if ground_truth is not None:
-        gt_seg = {
-            (s, m): segment_tissues(ground_truth[(s, m)], bool_masks[s], m, seed=seed)
-            for s, m in itertools.product(subjects, modalities)
-        }
-    if dseg_arrays is not None:
-        labels, source = dseg_arrays, "dsegs (true tissue labels)"
-    elif gt_seg is not None:
-        mod = _pick_modality(modalities)
-        labels, source = {s: gt_seg[(s, mod)] for s in subjects}, f"GMM segmentation of the ground truth ({mod})"
-    else:
-        first = "raw" if "raw" in methods else next(iter(methods))
-        mod = _pick_modality(modalities)
-        labels = {s: segment_tissues(methods[first][(s, reference_site, mod)], bool_masks[s], mod) for s in subjects}
-        source = f"GMM segmentation of {first!r} {reference_site} {mod} scans"
-    labels = {s: np.where(bool_masks[s], labels[s], 0) for s in subjects}
-    ctx = _Context(subjects, sites, modalities, bool_masks, labels, ground_truth, gt_seg, dseg_arrays, settings)
+    subjects, sites, modalities, present = _cohort(methods, reference_site)
+    bool_masks, gt_subjects, dseg_subjects = _check_arrays(methods, masks, ground_truth, dsegs, subjects, modalities)
+    paired = all(len(present[site]) == len(subjects) for site in sites)
+    settings = _settings(
+        {
+            "seed": seed,
+            "n_permutations": n_permutations,
+            "n_bootstrap": n_bootstrap,
+            "n_label_permutations": n_label_permutations,
+            "classifier": classifier,
+            "max_voxels": max_voxels,
+            "radiomics_bins": radiomics_bins,
+        },
+        paired,
+    )
+    dseg_arrays = {s: np.asarray(dsegs[s]).astype(np.int64) for s in dseg_subjects} if dseg_subjects else None
+    gt, gt_seg = None, None
+    if gt_subjects:
+        gt = {(s, m): ground_truth[(s, m)] for s, m in itertools.product(gt_subjects, modalities)}
+        gt_seg = {k: segment_tissues(v, bool_masks[k[0]], k[1], seed=seed) for k, v in gt.items()}
+    ctx = EvalContext(subjects, sites, modalities, present, bool_masks, {}, gt, gt_seg, dseg_arrays, settings)
+    ctx.labels, source = _tissue_labels(methods, ctx)
+    common = ctx.common_subjects
+    settings["radiomics_icc"] = (
+        f"across sites on the {len(common)} subjects scanned at every site"
+        if len(common) >= 2
+        else f"not applicable: ICC across sites needs at least 2 subjects scanned at every site; {len(common)} are"
+    )
 
     reference: dict = {}
-    if gt_seg is not None and dseg_arrays is not None:
+    both = [s for s in gt_subjects if s in dseg_subjects]
+    if both:
         reference["dice_ground_truth_segmentation_vs_dseg"] = {
-            mod: _dice_summary([dice_per_class(gt_seg[(s, mod)], dseg_arrays[s]) for s in subjects])
-            for mod in modalities
+            mod: dice_summary([dice_per_class(gt_seg[(s, mod)], dseg_arrays[s]) for s in both]) for mod in modalities
         }
     results, runtime = {}, {}
     with threadpool_limits(1):  # many small BLAS calls (classifier, GMM): one thread avoids contention
@@ -514,12 +379,15 @@ def evaluate_harmonization(
         {
             "settings": settings,
             "cohort": {
+                "design": PAIRED if paired else UNPAIRED,
                 "subjects": subjects,
                 "sites": sites,
+                "subjects_per_site": present,
                 "modalities": modalities,
                 "reference_site": reference_site,
                 "tissue_labels": source,
-                "n_scans": len(subjects) * len(sites) * len(modalities),
+                "ground_truth_subjects": gt_subjects,
+                "n_scans": sum(len(v) for v in present.values()) * len(modalities),
                 "shape": list(bool_masks[subjects[0]].shape),
             },
             "reference": reference,
@@ -529,6 +397,40 @@ def evaluate_harmonization(
             "runtime_s": runtime,
         }
     )
+
+
+def _settings(args: Mapping, paired: bool) -> dict:
+    """The evaluation's arguments ``args`` and a plain-words description of each measurement."""
+    settings = dict(args)
+    kernels = (f"kernels: 'median' = RBF at the median pairwise distance, 'multi' = sum of RBFs at median x "
+               f"{MULTI_BANDWIDTH_FACTORS}")
+    settings.update(
+        mmd="unbiased MMD^2, one sample per scan, paired by subject (cross term skips same-subject pairs; null = "
+        "within-subject site swaps, exact when 2^n_subjects <= n_permutations), features z-scored with pooled "
+        "statistics; " + kernels
+        if paired
+        else "unbiased MMD^2, one sample per scan, each site's own subjects (unpaired; null = n_permutations random "
+        "relabelings of the pooled scans; with n scans per site the smallest attainable p is about 2 / C(2n, n), "
+        "0.1 for n = 3, 0.03 for n = 4), features z-scored with pooled statistics; " + kernels,
+        learned_features="random-conv features (untrained): seeded 3-layer CNN on axial slices, pooled per scan",
+        domain_classifier="per-axial-slice features, folds grouped by subject, scan level = mean slice "
+        "probability; accuracy/AUC on pooled out-of-fold predictions, 95% CI by subject bootstrap",
+        data_range="PSNR/SSIM data range = in-mask p{}..p{} span of the comparison target".format(
+            *ROBUST_RANGE_PERCENTILES
+        ),
+        subsampling=f"KS/Wasserstein: at most {args['max_voxels']} pooled voxels per site, modality and tissue "
+        "(seeded); GMM segmentation fitted on 20000 in-mask voxels (seeded), applied to all",
+        icc="ICC(2,1) two-way random, absolute agreement (headline); ICC(3,1) consistency also given",
+        design=PAIRED if paired else UNPAIRED,
+    )
+    if not paired:
+        settings["unpaired"] = (
+            "different subjects per site: MMD and KS/Wasserstein compare each site's own subjects; the domain "
+            "classifier sees each scanned (subject, site), grouped by subject; no label-permutation p-value (its "
+            "null shuffles sites within a subject); no PSNR/SSIM vs the method's own reference-site scan (needs the "
+            "same subject there); PSNR/SSIM/Dice vs ground truth only for subjects that have it"
+        )
+    return settings
 
 
 def write_metrics_json(metrics: Mapping, path: str | Path) -> Path:

@@ -62,11 +62,13 @@ def slices_figure(
     for r, name in enumerate(names):
         for c, site in enumerate(sites):
             ax = axes[r, c]
-            vol = methods[name].get((subject, site, modality))
+            shown = subject if (subject, site, modality) in methods[name] else next(
+                (s for (s, st, m) in sorted(methods[name]) if st == site and m == modality), subject)
+            vol = methods[name].get((shown, site, modality))
             if vol is not None:
                 lo, hi = window or robust_window(vol)
                 ax.imshow(mid_slices(vol)[2], cmap="gray", vmin=lo, vmax=hi, origin="lower")
-            ax.set_title(f"{name} · {site}", fontsize=7)
+            ax.set_title(f"{name} · {site}" + ("" if shown == subject else f" ({shown})"), fontsize=7)
         if ground_truth is not None:
             lo, hi = window
             axes[r, -1].imshow(mid_slices(ground_truth)[2], cmap="gray", vmin=lo, vmax=hi, origin="lower")
@@ -163,8 +165,8 @@ def write_report(
     sections.append("<h2>Metrics, all methods side by side</h2>" + _table_html(metrics))
     sections.append("<p class='small'>MMD² and KS: lower is closer to the reference site; domain-classifier "
                     "accuracy near chance means the sites can no longer be told apart (subject-grouped "
-                    "cross-validation, retrained on each method's output); PSNR/SSIM/Dice against the "
-                    "traveling subjects' reference-site scans.</p>")
+                    "cross-validation, retrained on each method's output); PSNR/SSIM/Dice against ground truth "
+                    "(the reference-site scan of traveling subjects) where the cohort has it.</p>")
     if ablation:
         parts = ["<h2>Attention ablation</h2><table><tr><th>variant</th>"]
         parts += [f"<th>{html.escape(label)}</th>" for _, label, _ in HEADLINE_COLUMNS] + ["</tr>"]
