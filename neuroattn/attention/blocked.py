@@ -1,270 +1,49 @@
 """Blocked local attention without an (N, N) mask: query tiles with their key halo, batched SDPA calls.
 
-Per spatial axis the queries are cut into tiles of ``t`` consecutive tokens of one dilation group (the last
-tile of a group is moved back so it stays full; its duplicated queries are computed twice and read once).
-Each tile gathers the ``h`` consecutive group tokens that cover the union of its queries' windows: for a
-neighborhood ``h = t + kernel - 1``; for a window the window itself. A (t, h) boolean mask says which of
-those keys each query really sees. Axes combine as a Cartesian product: ``T = prod(n_tiles_a)`` tiles of
-``Tq = prod(t_a)`` queries and ``Hk = prod(h_a)`` keys.
+The tiling (``tiling.py``) cuts the grid into ``T`` tiles of ``Tq`` queries, each with a halo of ``Hk``
+keys and one of a few (Tq, Hk) masks -- a single band mask for non-causal neighborhoods, no mask at all
+for unshifted windows. Per piece of consecutive tiles, q is gathered into (B*kv_heads, tiles, g*Tq, d) and
+k/v into (B*kv_heads, tiles, Hk, d): the tiles act as the heads of one SDPA call sharing one mask.
 
-Tiles whose masks are equal (all interior tiles, for instance) form a class; tiles are sorted by class, so
-one SDPA call per class (and per chunk) runs a contiguous run of tiles with one shared (Tq, Hk) mask, or
-with no mask at all where every query sees every key of its tile (unshifted windows): a class count of
-about ``3 ** rank`` small masks replaces a (T, Tq, Hk) one. q/k/v are gathered into (tiles, B*heads, Tq|Hk,
-d) and outputs are read back through an inverse index.
-
-Memory beyond the inputs: gathered q and output ``B*heads*N*(d + 2 dv)`` and gathered k/v
-``B*kv_heads*T*Hk*(d + dv)`` elements (divided by ``chunks`` when run in pieces) -- O(N * Hk), not O(N^2).
+Inference writes each piece's outputs straight into the result, so the memory beyond the inputs is the
+output, the cached index tables and masks, and one piece of gathered q/k/v and its output (the planner
+sizes pieces to a few MiB on the CPU). With gradients the pieces' outputs are concatenated and read back
+through an inverse index (each piece checkpointed when there are several). O(N * Hk), never O(N^2).
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 
 from neuroattn.attention.cache import ByteLRU
-from neuroattn.attention.sdpa_backend import kernel_mask, sdpa
-from neuroattn.attention.specs import AttentionSpec, Neighborhood, Window
+from neuroattn.attention.sdpa_backend import sdpa
+from neuroattn.attention.specs import AttentionSpec
+from neuroattn.attention.tiling import Tiling, build_tiling, choose_tile, tiling_shape
 
-TILING_CACHE = ByteLRU(max_bytes=1 << 30, max_items=32)
+__all__ = ["TILING_CACHE", "blocked_attention", "build_tiling", "choose_tile", "get_tiling", "tiling_shape"]
 
-
-@dataclass(frozen=True)
-class AxisTiling:
-    """Tiles along one axis, in original coordinates."""
-
-    q_index: torch.Tensor  # (n_tiles, t) query coordinates of each tile
-    k_index: torch.Tensor  # (n_tiles, h) key coordinates of each tile
-    classes: torch.Tensor  # (n_tiles,) index into class_masks
-    class_masks: torch.Tensor  # (n_classes, t, h) bool: which of its tile's keys each query sees
-    inverse: torch.Tensor  # (L,) tile * t + slot holding each query's output
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tiles of the flattened grid, sorted by mask class."""
-
-    q_index: torch.Tensor  # (T * Tq,) flat token index of every query slot
-    k_index: torch.Tensor  # (T * Hk,) flat token index of every key slot
-    inverse: torch.Tensor  # (N,) query slot holding each token's output
-    segments: tuple[tuple[int, int, torch.Tensor | None], ...]  # (first tile, end tile, (Tq, Hk) mask or None)
-    n_tiles: int
-    tile_q: int
-    tile_k: int
-
-
-def _mask_classes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(classes (n,), class_masks (u, t, h)) of per-tile masks (n, t, h)."""
-    unique, classes = torch.unique(masks.reshape(masks.shape[0], -1), dim=0, return_inverse=True)
-    return classes, unique.reshape(-1, *masks.shape[1:])
-
-
-def neighborhood_axis_tiling(length: int, kernel: int, dilation: int, causal: bool, tile: int) -> AxisTiling:
-    """Tiles of one axis for NATTEN-style neighborhoods (see ``Neighborhood``), built per dilation group."""
-    group_lengths = [len(range(g, length, dilation)) for g in range(dilation)]
-    t = max(1, min(tile, min(group_lengths)))
-    h = min(t + kernel - 1, max(group_lengths))
-    q_rows, k_rows, m_rows = [], [], []
-    inverse = torch.empty(length, dtype=torch.long)
-    offset = 0
-    for g, group_length in enumerate(group_lengths):
-        n_tiles = math.ceil(group_length / t)
-        starts = torch.clamp(torch.arange(n_tiles) * t, max=group_length - t)  # (n,) last tile moved back
-        q_pos = starts[:, None] + torch.arange(t)  # (n, t) positions inside the group
-        if causal:
-            w_start = (q_pos - kernel + 1).clamp(min=0)
-            w_end = q_pos + 1
-        else:
-            w_start = (q_pos - kernel // 2).clamp(min=0).clamp(max=group_length - kernel)
-            w_end = w_start + kernel
-        # window starts never decrease along a tile, so the first query's start opens the halo
-        k_start = w_start[:, 0].clamp(max=max(group_length - h, 0))
-        k_pos = k_start[:, None] + torch.arange(h)  # (n, h); positions >= group_length fall outside every window
-        mask = (k_pos[:, None, :] >= w_start[:, :, None]) & (k_pos[:, None, :] < w_end[:, :, None])  # (n, t, h)
-        if not torch.equal(mask.sum(-1), w_end - w_start):
-            raise RuntimeError("internal error: a neighborhood window does not fit its tile halo")
-        q_rows.append(g + q_pos * dilation)
-        k_rows.append(g + k_pos.clamp(max=group_length - 1) * dilation)
-        m_rows.append(mask)
-        pos = torch.arange(group_length)
-        tile_of = (pos // t).clamp(max=n_tiles - 1)
-        inverse[g + pos * dilation] = (offset + tile_of) * t + pos - starts[tile_of]
-        offset += n_tiles
-    classes, class_masks = _mask_classes(torch.cat(m_rows))
-    return AxisTiling(torch.cat(q_rows), torch.cat(k_rows), classes, class_masks, inverse)
-
-
-def window_axis_tiling(length: int, size: int, shift: int) -> AxisTiling:
-    """Tiles of one axis for (shifted) windows: Swin's roll by -shift, window partition and region mask."""
-    n_windows = length // size
-    rolled = torch.arange(n_windows)[:, None] * size + torch.arange(size)  # (n, size) coordinates after rolling
-    index = (rolled + shift) % length  # original coordinates of the rolled tokens
-    region = torch.zeros(length, dtype=torch.long)  # Swin's slices (0, -size), (-size, -shift), (-shift, None)
-    if shift > 0:
-        region[length - size : length - shift] = 1
-        region[length - shift :] = 2
-    labels = region[rolled]  # (n, size)
-    classes, class_masks = _mask_classes(labels[:, :, None] == labels[:, None, :])  # masks (n, size, size)
-    inverse = torch.empty(length, dtype=torch.long)
-    inverse[index.reshape(-1)] = torch.arange(length)
-    return AxisTiling(index, index, classes, class_masks, inverse)
-
-
-def _outer(values: list[torch.Tensor], positions: list[list[int]], ndim: int, combine) -> torch.Tensor:
-    """Combine per-axis tensors placed on the given dimensions of an ``ndim`` grid (broadcasting)."""
-    result = None
-    for value, pos in zip(values, positions, strict=True):
-        shape = [1] * ndim
-        for p, size in zip(pos, value.shape, strict=True):
-            shape[p] = size
-        part = value.reshape(shape)
-        result = part if result is None else combine(result, part)
-    return result
-
-
-def combine_tilings(axes: list[AxisTiling], spatial: tuple[int, ...]) -> Tiling:
-    """Cartesian product of per-axis tilings over the row-major flattened grid, tiles sorted by mask class."""
-    n = len(axes)
-    strides = [math.prod(spatial[a + 1 :]) for a in range(n)]
-    n_tiles = [ax.q_index.shape[0] for ax in axes]
-    t = [ax.q_index.shape[1] for ax in axes]
-    h = [ax.k_index.shape[1] for ax in axes]
-    n_classes = [ax.class_masks.shape[0] for ax in axes]
-    total, tq, hk = math.prod(n_tiles), math.prod(t), math.prod(h)
-    pairs = [[a, n + a] for a in range(n)]
-    q_index = _outer([ax.q_index * s for ax, s in zip(axes, strides, strict=True)], pairs, 2 * n, torch.add)
-    k_index = _outer([ax.k_index * s for ax, s in zip(axes, strides, strict=True)], pairs, 2 * n, torch.add)
-    class_strides = [math.prod(n_classes[a + 1 :]) for a in range(n)]
-    tile_class = _outer(
-        [ax.classes * cs for ax, cs in zip(axes, class_strides, strict=True)], [[a] for a in range(n)], n, torch.add
-    ).reshape(total)  # (T,)
-    order = torch.argsort(tile_class, stable=True)  # tiles of one class become a contiguous run
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(total)
-    tile_strides = [math.prod(n_tiles[a + 1 :]) for a in range(n)]
-    slot_strides = [math.prod(t[a + 1 :]) for a in range(n)]
-    tile_of = _outer(
-        [(ax.inverse // ta) * ts for ax, ta, ts in zip(axes, t, tile_strides, strict=True)],
-        [[a] for a in range(n)],
-        n,
-        torch.add,
-    )  # (L_1..L_n) unsorted tile of each token
-    slot_of = _outer(
-        [(ax.inverse % ta) * ss for ax, ta, ss in zip(axes, t, slot_strides, strict=True)],
-        [[a] for a in range(n)],
-        n,
-        torch.add,
-    )
-    inverse = rank[tile_of.reshape(-1)] * tq + slot_of.reshape(-1)
-    segments = []
-    sorted_class = tile_class[order]
-    values, counts = torch.unique_consecutive(sorted_class, return_counts=True)
-    start = 0
-    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-        per_axis = [(value // cs) % nc for cs, nc in zip(class_strides, n_classes, strict=True)]
-        parts = [ax.class_masks[c] for ax, c in zip(axes, per_axis, strict=True)]
-        mask = _outer(parts, pairs, 2 * n, torch.logical_and).reshape(tq, hk)  # (Tq, Hk)
-        segments.append((start, start + count, None if bool(mask.all()) else mask))
-        start += count
-    return Tiling(
-        q_index=q_index.reshape(total, tq)[order].reshape(-1),
-        k_index=k_index.reshape(total, hk)[order].reshape(-1),
-        inverse=inverse,
-        segments=tuple(segments),
-        n_tiles=total,
-        tile_q=tq,
-        tile_k=hk,
-    )
-
-
-# Cost of a tiling per query, in units of one query-key score: Hk scores, Hk / Tq gathered key copies and a
-# per-tile overhead, fitted on single-threaded CPU SDPA (head_dim 32); larger on CUDA where small tiles
-# leave the GPU idle.
-GATHER_COST = 12.0
-TILE_OVERHEAD = {
-    "cpu": {1: 2000.0, 2: 5000.0, 3: 7000.0, 4: 8000.0},
-    "cuda": {1: 20000.0, 2: 40000.0, 3: 60000.0, 4: 80000.0},
-}
-
-
-@functools.lru_cache(maxsize=256)
-def choose_tile(spec: AttentionSpec, spatial: tuple[int, ...], device_type: str = "cpu") -> tuple[int, ...]:
-    """Queries per tile along each axis, minimising ``Hk + GATHER_COST * Hk / Tq + overhead / Tq`` per query.
-
-    Small tiles waste little compute on masked keys (a query scores all ``Hk`` keys of its tile, ``k^n``
-    of them used) but gather more duplicate keys and pay more per-tile overhead; the cost model weighs the
-    three over power-of-two tile sizes (and whole dilation groups) per axis. Windows are their own tiles.
-    """
-    if isinstance(spec, Window):
-        return spec.resolve(spatial)[0]
-    kernels, dilations, _ = spec.resolve(spatial)
-    overhead = TILE_OVERHEAD.get(device_type, TILE_OVERHEAD["cuda"])[min(len(spatial), 4)]
-    options = []
-    for length, kernel, dilation in zip(spatial, kernels, dilations, strict=True):
-        smallest, largest = length // dilation, math.ceil(length / dilation)  # dilation group lengths
-        sizes = {min(2**i, smallest) for i in range(12)} | {smallest}
-        options.append([(t, min(t + kernel - 1, largest)) for t in sorted(sizes)])
-    best, best_cost = None, math.inf
-    for combo in itertools.product(*options):
-        tq = math.prod(t for t, _ in combo)
-        hk = math.prod(h for _, h in combo)
-        cost = hk + (GATHER_COST * hk + overhead) / tq
-        if cost < best_cost:
-            best, best_cost = tuple(t for t, _ in combo), cost
-    return best
-
-
-def tiling_shape(spec: AttentionSpec, spatial: tuple[int, ...], tile: tuple[int, ...] | None) -> tuple[int, int, int]:
-    """(T, Tq, Hk) of the tiling ``build_tiling`` makes, computed without building it (for memory planning)."""
-    if isinstance(spec, Window):
-        sizes, _ = spec.resolve(spatial)
-        return math.prod(n // s for n, s in zip(spatial, sizes, strict=True)), math.prod(sizes), math.prod(sizes)
-    if not isinstance(spec, Neighborhood):
-        raise ValueError(f"the blocked backend does not serve {type(spec).__name__} attention")
-    kernels, dilations, _ = spec.resolve(spatial)
-    tile = tile or choose_tile(spec, spatial)
-    n_tiles, tq, hk = 1, 1, 1
-    for length, kernel, dilation, t in zip(spatial, kernels, dilations, tile, strict=True):
-        group_lengths = [len(range(g, length, dilation)) for g in range(dilation)]
-        t = max(1, min(t, min(group_lengths)))
-        n_tiles *= sum(math.ceil(gl / t) for gl in group_lengths)
-        tq *= t
-        hk *= min(t + kernel - 1, max(group_lengths))
-    return n_tiles, tq, hk
-
-
-def build_tiling(spec: AttentionSpec, spatial: tuple[int, ...], tile: tuple[int, ...] | None) -> Tiling:
-    """Tiling of ``spatial`` for ``spec`` on the CPU (uncached)."""
-    if isinstance(spec, Neighborhood):
-        kernels, dilations, causals = spec.resolve(spatial)
-        tile = tile or choose_tile(spec, spatial)
-        axes = [
-            neighborhood_axis_tiling(n, k, d, c, t)
-            for n, k, d, c, t in zip(spatial, kernels, dilations, causals, tile, strict=True)
-        ]
-    elif isinstance(spec, Window):
-        sizes, shifts = spec.resolve(spatial)
-        axes = [window_axis_tiling(n, s, sh) for n, s, sh in zip(spatial, sizes, shifts, strict=True)]
-    else:
-        raise ValueError(f"the blocked backend does not serve {type(spec).__name__} attention")
-    return combine_tilings(axes, spatial)
+TILING_CACHE = ByteLRU(max_bytes=1 << 30, max_items=32)  # tilings and their additive masks
+# Training in one chunk still splits the tiles into pieces of about GRAD_PIECE_BYTES of gathered k/v, so that
+# backward holds the gradients of one piece's gathered k/v at a time; but every piece also scatters its
+# gradients into full-size q/k/v buffers, hence at most GRAD_MAX_PIECES pieces.
+GRAD_PIECE_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
+GRAD_MAX_PIECES = 8
 
 
 def get_tiling(
     spec: AttentionSpec, spatial: tuple[int, ...], tile: tuple[int, ...] | None, device: torch.device
 ) -> Tiling:
-    """Cached tiling with its index tensors on ``device``."""
+    """Cached tiling with its index tensors on ``device`` (key slots as int32: they are the largest table)."""
 
     def make() -> Tiling:
         base = build_tiling(spec, spatial, tile)
+        small = math.prod(spatial) < 2**31
         return Tiling(
-            q_index=base.q_index.to(device),
-            k_index=base.k_index.to(device),
+            q_index=base.q_index.to(device),  # int64: index_copy_ takes no other index type
+            k_index=base.k_index.to(device, torch.int32 if small else torch.int64),
             inverse=base.inverse.to(device),
             segments=tuple((lo, hi, None if m is None else m.to(device)) for lo, hi, m in base.segments),
             n_tiles=base.n_tiles,
@@ -272,16 +51,30 @@ def get_tiling(
             tile_k=base.tile_k,
         )
 
-    return TILING_CACHE.get_or_create((spec, spatial, tile, str(device)), make)
+    return TILING_CACHE.get_or_create(("blocked", spec, spatial, tile, str(device)), make)
 
 
-def _segment_mask(tiling: Tiling, index: int, groups: int, dtype: torch.dtype, key: tuple) -> torch.Tensor | None:
-    """The (1, 1, groups*Tq, Hk) mask of one class, in the form SDPA takes on this device (cached)."""
-    mask = tiling.segments[index][2]
-    if mask is None:
-        return None
-    rows = mask.repeat(groups, 1) if groups > 1 else mask  # folded query rows are (group, slot)
-    return kernel_mask(rows[None, None], dtype, key=(*key, index, groups), convert_on_cpu=True)
+def segment_masks(
+    tiling: Tiling, key: tuple, groups: int, dtype: torch.dtype
+) -> tuple[torch.Tensor | None, ...]:
+    """Additive (1, 1, groups*Tq, Hk) mask of each segment in ``dtype``, None where every key is seen (cached).
+
+    SDPA would otherwise convert a boolean mask to this form on every call. Folded query rows are
+    (group, slot), so the (Tq, Hk) mask repeats once per query head sharing a k/v head.
+    """
+
+    def make() -> tuple[torch.Tensor | None, ...]:
+        additive = []
+        for _, _, mask in tiling.segments:
+            if mask is None:
+                additive.append(None)
+                continue
+            rows = mask.repeat(groups, 1) if groups > 1 else mask  # (g*Tq, Hk)
+            values = torch.zeros(rows.shape, dtype=dtype, device=rows.device).masked_fill_(~rows, float("-inf"))
+            additive.append(values[None, None])
+        return tuple(additive)
+
+    return TILING_CACHE.get_or_create((*key, "masks", groups, dtype), make)
 
 
 def blocked_attention(
@@ -305,42 +98,53 @@ def blocked_attention(
     spatial = tuple(q.shape[2:-1])
     n_tokens = math.prod(spatial)
     tiling = get_tiling(spec, spatial, tile, q.device)
-    t_count, tq, hk = tiling.n_tiles, tiling.tile_q, tiling.tile_k
+    masks = segment_masks(tiling, ("blocked", spec, spatial, tile, str(q.device)), groups, q.dtype)
+    tq, hk = tiling.tile_q, tiling.tile_k
     bh = batch * kv_heads
     # head-major layouts: gathering along the token axis of a contiguous tensor is the fast index_select
     qf = q.reshape(bh, groups, n_tokens, head_dim)  # (B*kv_heads, g, N, d)
     kf = k.reshape(bh, n_tokens, head_dim)  # (B*kv_heads, N, d)
     vf = v.reshape(bh, n_tokens, value_dim)
-    mask_key = ("blocked", spec, spatial, tile, str(q.device))
 
     def run_tiles(
         qf: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, lo: int, hi: int, mask: torch.Tensor | None
     ) -> torch.Tensor:
+        """Outputs of tiles ``lo .. hi-1`` in slot order, (B*kv_heads, g, n*Tq, dv)."""
         n = hi - lo
         qt = qf.index_select(2, tiling.q_index[lo * tq : hi * tq])  # (B*kv_heads, g, n*Tq, d)
-        qt = qt.reshape(bh, groups, n, tq, head_dim).permute(2, 0, 1, 3, 4).reshape(n, bh, groups * tq, head_dim)
+        qt = qt.view(bh, groups, n, tq, head_dim).transpose(1, 2).reshape(bh, n, groups * tq, head_dim)
         k_rows = tiling.k_index[lo * hk : hi * hk]
-        kt = kf.index_select(1, k_rows).reshape(bh, n, hk, head_dim).transpose(0, 1)  # (n, B*kv_heads, Hk, d)
-        vt = vf.index_select(1, k_rows).reshape(bh, n, hk, value_dim).transpose(0, 1)
-        out = sdpa(qt, kt, vt, mask=mask, scale=scale)  # (n, B*kv_heads, g*Tq, dv)
-        out = out.reshape(n, bh, groups, tq, value_dim).permute(1, 2, 0, 3, 4)  # (B*kv_heads, g, n, Tq, dv)
-        return out.reshape(batch * heads, n * tq, value_dim)
+        kt = kf.index_select(1, k_rows).view(bh, n, hk, head_dim)  # (B*kv_heads, n, Hk, d)
+        vt = vf.index_select(1, k_rows).view(bh, n, hk, value_dim)
+        out = sdpa(qt, kt, vt, mask=mask, scale=scale)  # (B*kv_heads, n, g*Tq, dv): tiles act as heads
+        out = out.view(bh, n, groups, tq, value_dim).transpose(1, 2)  # (B*kv_heads, g, n, Tq, dv)
+        return out.reshape(bh, groups, n * tq, value_dim)  # a view when g == 1
 
-    chunks = max(1, min(chunks, t_count))
-    piece = math.ceil(t_count / chunks)  # tiles per SDPA call at most
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    chunks = max(1, min(chunks, tiling.n_tiles))
+    piece = math.ceil(tiling.n_tiles / chunks)  # tiles per SDPA call at most
+    if needs_grad and chunks == 1:
+        gathered = q.element_size() * bh * hk * (head_dim + value_dim) * tiling.n_tiles  # k/v of all tiles
+        target = GRAD_PIECE_BYTES.get(q.device.type, GRAD_PIECE_BYTES["cuda"])
+        piece = math.ceil(tiling.n_tiles / min(GRAD_MAX_PIECES, math.ceil(gathered / target)))
+    pieces = [
+        (lo, min(lo + piece, end), mask)
+        for (first, end, _), mask in zip(tiling.segments, masks, strict=True)
+        for lo in range(first, end, piece)
+    ]
+    if not needs_grad and tiling.one_slot_per_query:
+        out = q.new_empty(bh, groups, n_tokens, value_dim)  # (B*kv_heads, g, N, dv) = (B, heads, N, dv)
+        for lo, hi, mask in pieces:
+            out.index_copy_(2, tiling.q_index[lo * tq : hi * tq], run_tiles(qf, kf, vf, lo, hi, mask))
+        return out.view(batch, heads, *spatial, value_dim)
     # training with several chunks: keep only each piece's output and recompute its tiles in backward
-    recompute = chunks > 1 and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    outputs = []
-    for index, (first, end, _) in enumerate(tiling.segments):
-        mask = _segment_mask(tiling, index, groups, q.dtype, mask_key)
-        for lo in range(first, end, piece):
-            hi = min(lo + piece, end)
-            if recompute:
-                outputs.append(
-                    torch.utils.checkpoint.checkpoint(run_tiles, qf, kf, vf, lo, hi, mask, use_reentrant=False)
-                )
-            else:
-                outputs.append(run_tiles(qf, kf, vf, lo, hi, mask))
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (B*heads, T*Tq, dv)
-    out = out.index_select(1, tiling.inverse)  # (B*heads, N, dv)
+    recompute = chunks > 1 and needs_grad
+    outputs = [
+        torch.utils.checkpoint.checkpoint(run_tiles, qf, kf, vf, lo, hi, mask, use_reentrant=False)
+        if recompute
+        else run_tiles(qf, kf, vf, lo, hi, mask)
+        for lo, hi, mask in pieces
+    ]
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B*kv_heads, g, T*Tq, dv)
+    out = out.index_select(2, tiling.inverse)  # (B*kv_heads, g, N, dv): each token's slot
     return out.reshape(batch, heads, *spatial, value_dim)

@@ -15,13 +15,15 @@ from neuroattn.attention.inputs import AttentionCall
 from neuroattn.attention.registry import Backend
 from neuroattn.attention.selection import select_backend
 from neuroattn.attention.specs import AttentionSpec, Axial, Dense, Neighborhood, Window, check_spec
+from neuroattn.attention.tiling import tiling_classes
 
 GIB = float(1 << 30)
 BUDGET_ENV = "NEUROATTN_ATTENTION_MEMORY_GB"
 CPU_BUDGET_FRACTION = 0.8  # of the RAM available right now; the rest is left to the model and the OS
 SMALL_CALL_BYTES = 64 << 20  # below this prediction attend does not ask the system for free memory
-BLOCKED_CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}  # blocked inference: gathered bytes per piece
-# (small pieces stay in CPU caches at no cost; on a GPU large pieces keep the kernels busy)
+BLOCKED_CHUNK_BYTES = {"cpu": 2 << 20, "cuda": 512 << 20}  # blocked inference: gathered bytes per piece
+# (on the CPU a piece this small stays in L2/L3 and costs no speed, and the memory an inference call needs
+# beyond its output stays a few MiB; on a GPU large pieces keep the kernels busy)
 SCORE_COPIES = 3  # score matrices alive at once in a naive softmax (scores, masked scores, probabilities)
 
 
@@ -154,9 +156,9 @@ def estimate_peak_bytes(
     if backend == Backend.BLOCKED:
         t_count, tq, hk = tiling_shape(spec, call.q_spatial, tile)
         gathered = blocked_working_bytes(spec, call, tile)
-        classes = min(t_count, 4**call.rank)  # tiles share one small mask per class (border/interior)
-        mask = classes * call.groups * tq * hk * (1 + e)  # bool masks and their additive float copies
-        mask += 8 * (t_count * (tq + hk) + n)  # int64 gather/scatter indices
+        classes = tiling_classes(spec, call.q_spatial, tile)  # tiles share one (Tq, Hk) mask per class
+        mask = classes * tq * hk * (1 + call.groups * e)  # bool masks and their additive copies per query head
+        mask += 8 * (t_count * tq + n) + 4 * t_count * hk  # int64 query/inverse and int32 key indices
         # one chunk's tiles at a time; training keeps them for backward (one chunk: all of them at once,
         # several chunks: each is recomputed in backward, so again one chunk at a time)
         work = math.ceil(gathered / max(chunks, 1)) * (2 if backward else 1)
