@@ -2,13 +2,14 @@
 
 The tiling (``tiling.py``) cuts the grid into ``T`` tiles of ``Tq`` queries, each with a halo of ``Hk``
 keys and one of a few (Tq, Hk) masks -- a single band mask for non-causal neighborhoods, no mask at all
-for unshifted windows. Per piece of consecutive tiles, q is gathered into (B*kv_heads, tiles, g*Tq, d) and
-k/v into (B*kv_heads, tiles, Hk, d): the tiles act as the heads of one SDPA call sharing one mask.
+for unshifted windows. Per piece of consecutive tiles, q is gathered into (tiles, B*kv_heads, g*Tq, d) and
+k/v into (tiles, B*kv_heads, Hk, d) (strided views of token-gathered tensors): one SDPA call, one mask.
 
-Inference writes each piece's outputs straight into the result, so the memory beyond the inputs is the
-output, the cached index tables and masks, and one piece of gathered q/k/v and its output (the planner
-sizes pieces to a few MiB on the CPU). With gradients the pieces' outputs are concatenated and read back
-through an inverse index (each piece checkpointed when there are several). O(N * Hk), never O(N^2).
+Inference gathers each piece into scratch buffers reused by every piece and writes its outputs straight
+into the result, so the memory beyond the inputs is the output, the cached index tables and masks, and one
+piece of gathered q/k/v and its output (the planner sizes pieces to a few MiB on the CPU). With gradients
+the pieces' outputs are concatenated and read back through an inverse index; each piece is checkpointed
+when the planner asks for several chunks. O(N * Hk) memory, never O(N^2).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ __all__ = ["TILING_CACHE", "blocked_attention", "build_tiling", "choose_tile", "
 
 TILING_CACHE = ByteLRU(max_bytes=1 << 30, max_items=32)  # tilings and their additive masks
 # Training in one chunk still splits the tiles into pieces of about GRAD_PIECE_BYTES of gathered k/v, so that
-# backward holds the gradients of one piece's gathered k/v at a time; but every piece also scatters its
-# gradients into full-size q/k/v buffers, hence at most GRAD_MAX_PIECES pieces.
+# backward holds the gradients of one piece's gathered k/v at a time. Every piece also scatters its gradients
+# into full-size q/k/v buffers, so a piece never gathers less k/v than the inputs hold, and there are at most
+# GRAD_MAX_PIECES of them.
 GRAD_PIECE_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
 GRAD_MAX_PIECES = 8
 
@@ -49,6 +51,7 @@ def get_tiling(
             n_tiles=base.n_tiles,
             tile_q=base.tile_q,
             tile_k=base.tile_k,
+            in_order=base.in_order,
         )
 
     return TILING_CACHE.get_or_create(("blocked", spec, spatial, tile, str(device)), make)
@@ -75,6 +78,14 @@ def segment_masks(
         return tuple(additive)
 
     return TILING_CACHE.get_or_create((*key, "masks", groups, dtype), make)
+
+
+def _gather(x: torch.Tensor, dim: int, rows: torch.Tensor, buffer: torch.Tensor | None) -> torch.Tensor:
+    """``x.index_select(dim, rows)``, written into the front of the flat ``buffer`` when one is given."""
+    if buffer is None:
+        return x.index_select(dim, rows)
+    shape = (*x.shape[:dim], rows.shape[0], *x.shape[dim + 1 :])
+    return torch.index_select(x, dim, rows, out=buffer[: math.prod(shape)].view(shape))
 
 
 def blocked_attention(
@@ -107,18 +118,32 @@ def blocked_attention(
     vf = v.reshape(bh, n_tokens, value_dim)
 
     def run_tiles(
-        qf: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, lo: int, hi: int, mask: torch.Tensor | None
+        qf: torch.Tensor,
+        kf: torch.Tensor,
+        vf: torch.Tensor,
+        lo: int,
+        hi: int,
+        mask: torch.Tensor | None,
+        buffers: tuple[torch.Tensor, ...] | None = None,
     ) -> torch.Tensor:
-        """Outputs of tiles ``lo .. hi-1`` in slot order, (B*kv_heads, g, n*Tq, dv)."""
+        """Outputs of tiles ``lo .. hi-1`` in slot order, (B*kv_heads, g, n*Tq, dv); a strided view when g == 1.
+
+        ``buffers`` (flat q, k, v scratch tensors, inference only) receive the gathered tiles instead of
+        fresh allocations, which on the CPU would fault their pages in again for every piece.
+        """
         n = hi - lo
-        qt = qf.index_select(2, tiling.q_index[lo * tq : hi * tq])  # (B*kv_heads, g, n*Tq, d)
-        qt = qt.view(bh, groups, n, tq, head_dim).transpose(1, 2).reshape(bh, n, groups * tq, head_dim)
+        qb, kb, vb = buffers or (None, None, None)
+        q_rows = tiling.q_index[lo * tq : hi * tq]  # in order: slots are tokens, the queries a slice
+        qt = qf[:, :, lo * tq : hi * tq] if tiling.in_order else _gather(qf, 2, q_rows, qb)  # (B*kv_heads, g, n*Tq, d)
+        qt = qt.view(bh, groups, n, tq, head_dim).permute(2, 0, 1, 3, 4)  # (n, B*kv_heads, g, Tq, d)
+        qt = qt.reshape(n, bh, groups * tq, head_dim)  # a view when g == 1
         k_rows = tiling.k_index[lo * hk : hi * hk]
-        kt = kf.index_select(1, k_rows).view(bh, n, hk, head_dim)  # (B*kv_heads, n, Hk, d)
-        vt = vf.index_select(1, k_rows).view(bh, n, hk, value_dim)
-        out = sdpa(qt, kt, vt, mask=mask, scale=scale)  # (B*kv_heads, n, g*Tq, dv): tiles act as heads
-        out = out.view(bh, n, groups, tq, value_dim).transpose(1, 2)  # (B*kv_heads, g, n, Tq, dv)
-        return out.reshape(bh, groups, n * tq, value_dim)  # a view when g == 1
+        kt = _gather(kf, 1, k_rows, kb).view(bh, n, hk, head_dim).transpose(0, 1)  # (n, B*kv_heads, Hk, d)
+        vt = _gather(vf, 1, k_rows, vb).view(bh, n, hk, value_dim).transpose(0, 1)
+        out = sdpa(qt, kt, vt, mask=mask, scale=scale)  # (n, B*kv_heads, g*Tq, dv): tiles are the SDPA batch
+        out = out.view(n, bh, groups, tq, value_dim).permute(1, 2, 0, 3, 4)  # (B*kv_heads, g, n, Tq, dv)
+        # no copy when g == 1 and the kernel lays its output out as (n, Tq, B*kv_heads, dv), as on the CPU
+        return out.reshape(bh, groups, n * tq, value_dim)
 
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
     chunks = max(1, min(chunks, tiling.n_tiles))
@@ -126,16 +151,23 @@ def blocked_attention(
     if needs_grad and chunks == 1:
         gathered = q.element_size() * bh * hk * (head_dim + value_dim) * tiling.n_tiles  # k/v of all tiles
         target = GRAD_PIECE_BYTES.get(q.device.type, GRAD_PIECE_BYTES["cuda"])
-        piece = math.ceil(tiling.n_tiles / min(GRAD_MAX_PIECES, math.ceil(gathered / target)))
+        n_pieces = min(GRAD_MAX_PIECES, math.ceil(gathered / target), tiling.n_tiles * hk // n_tokens)
+        piece = math.ceil(tiling.n_tiles / max(1, n_pieces))
     pieces = [
         (lo, min(lo + piece, end), mask)
         for (first, end, _), mask in zip(tiling.segments, masks, strict=True)
         for lo in range(first, end, piece)
     ]
     if not needs_grad and tiling.one_slot_per_query:
+        most = max(hi - lo for lo, hi, _ in pieces)  # tiles in the largest piece
+        buffers = (
+            q.new_empty(0 if tiling.in_order else bh * groups * most * tq * head_dim),
+            k.new_empty(bh * most * hk * head_dim),
+            v.new_empty(bh * most * hk * value_dim),
+        )
         out = q.new_empty(bh, groups, n_tokens, value_dim)  # (B*kv_heads, g, N, dv) = (B, heads, N, dv)
         for lo, hi, mask in pieces:
-            out.index_copy_(2, tiling.q_index[lo * tq : hi * tq], run_tiles(qf, kf, vf, lo, hi, mask))
+            out.index_copy_(2, tiling.q_index[lo * tq : hi * tq], run_tiles(qf, kf, vf, lo, hi, mask, buffers))
         return out.view(batch, heads, *spatial, value_dim)
     # training with several chunks: keep only each piece's output and recompute its tiles in backward
     recompute = chunks > 1 and needs_grad
@@ -146,5 +178,6 @@ def blocked_attention(
         for lo, hi, mask in pieces
     ]
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B*kv_heads, g, T*Tq, dv)
-    out = out.index_select(2, tiling.inverse)  # (B*kv_heads, g, N, dv): each token's slot
-    return out.reshape(batch, heads, *spatial, value_dim)
+    if not tiling.in_order:
+        out = out.index_select(2, tiling.inverse)  # (B*kv_heads, g, N, dv): each token's slot
+    return out.reshape(batch, heads, *spatial, value_dim).contiguous()

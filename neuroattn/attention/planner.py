@@ -21,9 +21,12 @@ GIB = float(1 << 30)
 BUDGET_ENV = "NEUROATTN_ATTENTION_MEMORY_GB"
 CPU_BUDGET_FRACTION = 0.8  # of the RAM available right now; the rest is left to the model and the OS
 SMALL_CALL_BYTES = 64 << 20  # below this prediction attend does not ask the system for free memory
-BLOCKED_CHUNK_BYTES = {"cpu": 2 << 20, "cuda": 512 << 20}  # blocked inference: gathered bytes per piece
-# (on the CPU a piece this small stays in L2/L3 and costs no speed, and the memory an inference call needs
-# beyond its output stays a few MiB; on a GPU large pieces keep the kernels busy)
+# Blocked inference runs its tiles in pieces of about a quarter of the output's bytes (gathered q/k/v and
+# piece outputs), within these (smallest, largest) bytes per device: on the CPU a small piece stays in L2/L3,
+# so what a call needs beyond its output stays a few MiB, while large calls keep their number of pieces (and
+# per-call overhead) down; on a GPU large pieces keep the kernels busy.
+BLOCKED_CHUNK_BYTES = {"cpu": (2 << 20, 8 << 20), "cuda": (512 << 20, 512 << 20)}
+BLOCKED_CHUNK_OUTPUT_FRACTION = 0.25
 SCORE_COPIES = 3  # score matrices alive at once in a naive softmax (scores, masked scores, probabilities)
 
 
@@ -201,7 +204,9 @@ def plan_call(
         t_count = tiling_shape(spec, call.q_spatial, tile)[0]
         if not call.requires_grad:  # inference: bounding the working set costs nothing
             working = blocked_working_bytes(spec, call, tile)
-            target = BLOCKED_CHUNK_BYTES.get(call.device.type, BLOCKED_CHUNK_BYTES["cuda"])
+            smallest, largest = BLOCKED_CHUNK_BYTES.get(call.device.type, BLOCKED_CHUNK_BYTES["cuda"])
+            output = _elem(call.dtype) * call.batch * call.heads * call.q_tokens * call.value_dim
+            target = min(max(output * BLOCKED_CHUNK_OUTPUT_FRACTION, smallest), largest)
             chunks = min(t_count, max(1, math.ceil(working / target)))
             peak, dominant = estimate_peak_bytes(backend, spec, call, tile=tile, chunks=chunks)
         while budget is not None and peak > budget and chunks < t_count:

@@ -49,6 +49,7 @@ class Tiling:
     n_tiles: int
     tile_q: int
     tile_k: int
+    in_order: bool = False  # slot i holds token i (q_index is 0 .. N-1): q and outputs need no reordering
 
     @property
     def one_slot_per_query(self) -> bool:
@@ -192,14 +193,16 @@ def combine_tilings(axes: list[AxisTiling], spatial: tuple[int, ...]) -> Tiling:
         mask = _outer(parts, pairs, 2 * n, torch.logical_and).reshape(tq, hk)  # (Tq, Hk)
         segments.append((start, start + count, None if bool(mask.all()) else mask))
         start += count
+    q_index = q_index.reshape(total, tq)[order].reshape(-1)
     return Tiling(
-        q_index=q_index.reshape(total, tq)[order].reshape(-1),
+        q_index=q_index,
         k_index=k_index.reshape(total, hk)[order].reshape(-1),
         inverse=inverse,
         segments=tuple(segments),
         n_tiles=total,
         tile_q=tq,
         tile_k=hk,
+        in_order=torch.equal(q_index, torch.arange(math.prod(spatial))),
     )
 
 

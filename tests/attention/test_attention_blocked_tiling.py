@@ -69,7 +69,10 @@ def test_non_causal_neighborhoods_share_one_band_mask():
         band[:, None, None, :, None, None] & band[None, :, None, None, :, None] & band[None, None, :, None, None, :]
     )
     assert torch.equal(mask, expected)
-    assert tiling.one_slot_per_query
+    assert tiling.one_slot_per_query and not tiling.in_order
+    # 1-D tiles dividing the axis keep tokens in order: queries are slices, outputs need no reordering
+    assert build_tiling(Neighborhood(7), (40,), (8,)).in_order
+    assert not build_tiling(Neighborhood(7), (40,), (16,)).one_slot_per_query  # last tile moved back
     # one key per query along an axis of tiles of one query: no mask at all
     assert build_tiling(Neighborhood(3), (9, 9), (1, 1)).segments[0][2] is None
 
@@ -95,7 +98,8 @@ def test_planned_class_count_bounds_the_masks_built(spec, spatial, tile):
     ("spatial", "spec", "tile", "chunks"),
     [
         ((8, 7, 6), Neighborhood(3), (4, 4, 4), 1),  # moved-back tiles on two axes
-        ((8, 8, 8), Neighborhood(3), (4, 2, 4), 5),
+        ((8, 8, 8), Neighborhood(3), (4, 2, 4), 3),  # pieces of 6, 6 and 4 tiles share scratch buffers
+        ((8, 12), Neighborhood((3, 5), causal=(True, False)), (4, 4), 3),  # one piece per mask class at least
         ((12, 10), Neighborhood((5, 3), dilation=(2, 3)), (3, 2), 4),
         ((9, 10), Neighborhood((3, 5), dilation=(2, 1), causal=(False, True)), (2, 3), 3),
         ((40,), Neighborhood(7), (8,), 2),
@@ -115,7 +119,9 @@ def test_inference_and_training_paths_match_reference(spatial, spec, tile, chunk
     out32 = blocked_attention(q.float(), k.float(), v.float(), spec, tile=tile, chunks=chunks)
     assert out32.dtype == torch.float32 and rel_err(out32, ref) < F32_TOL
     q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True)
-    grads = torch.autograd.grad(blocked_attention(q, k, v, spec, tile=tile, chunks=chunks).square().sum(), (q, k, v))
+    out_grad = blocked_attention(q, k, v, spec, tile=tile, chunks=chunks)
+    assert out_grad.is_contiguous() and rel_err(out_grad, ref) < F64_TOL
+    grads = torch.autograd.grad(out_grad.square().sum(), (q, k, v))
     grads_ref = torch.autograd.grad(attend(q, k, v, spec, backend="reference").square().sum(), (q, k, v))
     for g, g_ref in zip(grads, grads_ref, strict=True):
         assert rel_err(g, g_ref) < F64_TOL
