@@ -1,30 +1,22 @@
-"""neuroattn web app, Home page: what is installed and usable here, and where files go."""
+"""neuroattn web app: the entry script; it sets up navigation over the page registry and shows Home."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from neuroattn.system import collect_system_info
-from neuroattn.webapp import default_workspace
+from neuroattn.web.pages import registered_pages
+
+APP_DIR = Path(__file__).resolve().parent
 
 
 def main() -> None:
     st.set_page_config(page_title="neuroattn", layout="wide")
-    st.title("neuroattn")
-    st.caption("Attention-based brain models: MRI harmonization, fMRI foundation models, decoding and encoding.")
-    info = collect_system_info()
-    workspace = default_workspace()
-    st.markdown(f"**Workspace** (uploads and outputs): `{workspace}`")
-    col_device, col_kernels = st.columns(2)
-    with col_device:
-        st.subheader("Compute")
-        st.write(f"Device: **{info.device}**" + (f" ({', '.join(info.cuda_devices)})" if info.cuda_devices else ""))
-        st.write(f"neuroattn {info.neuroattn} · Python {info.python}")
-    with col_kernels:
-        st.subheader("Attention kernels")
-        st.table({"kernel": list(info.attention_kernels), "available": list(info.attention_kernels.values())})
-    st.subheader("Packages")
-    st.table({"package": list(info.packages), "version": [v or "not installed" for v in info.packages.values()]})
+    home = st.Page(str(APP_DIR / "views" / "home.py"), title="Home", icon=":material/home:", default=True)
+    pages = [home] + [st.Page(str(APP_DIR / p.script), title=p.title, icon=p.icon, url_path=p.key)
+                      for p in registered_pages()]
+    st.navigation(pages).run()
 
 
 main()

@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from neuroattn.errors import ConfigError, NeuroattnError
 from neuroattn.io.atomic import atomic_write_text
+from neuroattn.progress import progress_bar
 
 LEDGER_NAME = "ledger.jsonl"
 FAILURES_NAME = "failures.csv"
@@ -192,7 +191,7 @@ def run_batch(
                                            [str(p) for p in unit.outputs])
         else:
             todo.append(unit)
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=description, disable=not progress)
+    bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=description, disable=not progress)
 
     def record(result: UnitResult) -> None:
         results[result.key] = result

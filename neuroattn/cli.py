@@ -180,13 +180,19 @@ def demo(
 def run_app(
     port: Annotated[int, typer.Option(min=1024, max=65535, help="Port on localhost.")] = 8501,
     workspace: Annotated[
-        Path | None, typer.Option(help="Folder for uploads and outputs (default: ./neuroattn_workspace).")
+        Path | None, typer.Option(help="Folder for uploads, runs and outputs (default: ./neuroattn_workspace).")
     ] = None,
+    data_root: Annotated[
+        list[Path] | None, typer.Option("--data-root", help="Server folder the Cohort page may read (repeatable).")
+    ] = None,
+    max_upload_mb: Annotated[int | None, typer.Option(min=1, help="Largest upload in MB (default 1024).")] = None,
 ) -> None:
     """Start the Streamlit web app on localhost."""
-    from neuroattn.webapp import launch
+    from neuroattn.web.launch import launch
+    from neuroattn.web.settings import load_settings
 
-    raise typer.Exit(code=launch(port=port, workspace=workspace))
+    settings = load_settings(workspace, data_root, max_upload_mb)
+    raise typer.Exit(code=launch(settings, port=port))
 
 
 def _split_list(text: str) -> list[str]:

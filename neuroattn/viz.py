@@ -10,13 +10,23 @@ import numpy as np
 from neuroattn.io.atomic import atomic_path
 
 
-def mid_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Central sagittal, coronal and axial slices of a RAS ``(X, Y, Z)`` array, oriented for display."""
-    x, y, z = (s // 2 for s in volume.shape[:3])
-    sag = volume[x, :, :].T  # (Z, Y): superior up after origin='lower'
+def orthogonal_slices(
+    volume: np.ndarray, index: tuple[int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sagittal, coronal and axial slices of a RAS ``(X, Y, Z)`` array through voxel ``index``, display-oriented.
+
+    Each slice is transposed so that, drawn with ``origin='lower'``, superior (or anterior) is up.
+    """
+    x, y, z = index if index is not None else tuple(s // 2 for s in volume.shape[:3])
+    sag = volume[x, :, :].T  # (Z, Y)
     cor = volume[:, y, :].T  # (Z, X)
     axi = volume[:, :, z].T  # (Y, X)
     return sag, cor, axi
+
+
+def mid_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central sagittal, coronal and axial slices of a RAS ``(X, Y, Z)`` array, oriented for display."""
+    return orthogonal_slices(volume)
 
 
 def robust_window(volume: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:

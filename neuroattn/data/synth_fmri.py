@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from neuroattn import __version__
 from neuroattn.data.fmri_atlas import load_coordinate_atlas
@@ -27,6 +26,7 @@ from neuroattn.data.fmri_simulation import (
 from neuroattn.errors import InvalidInputError
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.nifti import save_volume, volume_from_array
+from neuroattn.progress import progress_bar
 
 __all__ = [
     "MOTION_COLUMNS",
@@ -195,7 +195,7 @@ def synthesize_fmri_cohort(
     subjects = [subject_id(i) for i in range(config.n_subjects)]
     written: list[dict] = []
     summary: dict[str, dict] = {}
-    for i in tqdm(range(config.n_subjects), desc="synth fMRI", unit="subject", disable=not progress):
+    for i in progress_bar(range(config.n_subjects), desc="synth fMRI", unit="subject", disable=not progress):
         run = simulate_subject(
             config, i, subject_rng(config.seed, i), label=int(labels[i]), with_volume=config.write_bold
         )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from neuroattn.data.anatomy import (
     TISSUES,
@@ -37,6 +36,7 @@ from neuroattn.data.site_effects import (
 from neuroattn.errors import ConfigError
 from neuroattn.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from neuroattn.io.nifti import save_volume, volume_from_array
+from neuroattn.progress import progress_bar
 
 MANIFEST_COLUMNS = ("path", "site", "subject", "session", "modality", "ground_truth", "mask", "dseg_path")
 SESSION = "1"  # one visit per site; the site tells the visits apart
@@ -243,7 +243,8 @@ def synthesize_mri_cohort(
         files.append(path)
         return rel
 
-    steps = tqdm(total=config.n_subjects * len(sites), desc="synthetic MRI visits", unit="visit", disable=not progress)
+    steps = progress_bar(total=config.n_subjects * len(sites), desc="synthetic MRI visits", unit="visit",
+                         disable=not progress)
     for s in range(config.n_subjects):
         sub = subject_name(s)
         anatomy = simulate_subject(subject_variation(config, s), template)

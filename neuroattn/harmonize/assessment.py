@@ -83,7 +83,7 @@ def load_for_evaluation(
 
 
 def evaluate_outputs(
-    manifest_path: str | Path,
+    manifest_path: str | Path | Manifest,
     harmonized: Mapping[str, str | Path],
     out: str | Path,
     *,
@@ -101,7 +101,8 @@ def evaluate_outputs(
     ``ablation`` maps variant labels to evaluated method names for the report's ablation table."""
     out = Path(out)
     metrics_json = out if out.suffix == ".json" else out / "metrics.json"
-    loaded = load_for_evaluation(load_manifest(manifest_path), harmonized, reference_site=reference_site,
+    manifest = manifest_path if isinstance(manifest_path, Manifest) else load_manifest(manifest_path)
+    loaded = load_for_evaluation(manifest, harmonized, reference_site=reference_site,
                                  subjects=subjects)
     metrics = evaluate_harmonization(
         loaded.methods, masks=loaded.masks, ground_truth=loaded.ground_truth, dsegs=loaded.dsegs,

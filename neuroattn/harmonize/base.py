@@ -12,12 +12,12 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError, NeuroattnError
 from neuroattn.harmonize.inputs import HarmonizationData, MaskLike, VolumeLike, prepare_inputs
 from neuroattn.io.checkpoints import load_checkpoint, save_checkpoint
 from neuroattn.io.manifest import Manifest
+from neuroattn.progress import progress_bar
 
 Covariates = pd.DataFrame | Mapping[str, Sequence[object]] | None
 
@@ -186,7 +186,7 @@ class BaseHarmonizer:
         self._check_labels(data)
         return [
             np.asarray(self._transform_one(data, i), dtype=np.float32)
-            for i in tqdm(range(len(data)), desc=f"harmonizing ({self.name or type(self).__name__})",
+            for i in progress_bar(range(len(data)), desc=f"harmonizing ({self.name or type(self).__name__})",
                           unit="vol", disable=not self.progress)
         ]
 

@@ -104,6 +104,28 @@ def _preview(manifest: Manifest, path: Path) -> Path:
     return save_montage(rows, path, title=f"{subject} scanned at every site (reference: {manifest.sites[0]})")
 
 
+def synthesize_demo_cohort(
+    config: HarmonizationDemoConfig, cohort_dir: Path, progress: bool = True
+) -> tuple[Manifest, Path, Path]:
+    """Simulate the demo's traveling subjects; returns the manifest and the train / held-out manifest paths."""
+    synth = synthesize_mri_cohort(cohort_dir, SynthMRIConfig(
+        n_subjects=config.n_train + config.n_holdout, n_sites=2, seed=config.seed, voxel_size=config.voxel_size,
+        modalities=config.modalities), progress=progress)
+    manifest = load_manifest(synth.manifest_path)
+    subjects = list(manifest.subjects)
+    train_manifest = manifest.rows_for(subject=subjects[: config.n_train]).to_csv(cohort_dir / "train.csv")
+    holdout_manifest = manifest.rows_for(subject=subjects[config.n_train :]).to_csv(cohort_dir / "holdout.csv")
+    return manifest, train_manifest, holdout_manifest
+
+
+def sa_cyclegan_params(config: HarmonizationDemoConfig) -> dict[str, Any]:
+    """SACycleGANHarmonizer parameters of the demo's model (attention as the model's default)."""
+    return dict(base_channels=config.base_channels, n_res_blocks=config.n_res_blocks, disc_layers=config.disc_layers,
+                max_steps=config.steps, batch_size=config.batch_size, lr=config.lr, warmup_steps=config.warmup_steps,
+                crop_size=config.crop_size, device=config.device, seed=config.seed,
+                checkpoint_every=max(50, config.steps // 4))
+
+
 def run_harmonization_demo(
     out_dir: str | Path,
     config: HarmonizationDemoConfig | None = None,
@@ -118,23 +140,12 @@ def run_harmonization_demo(
     clock = time.perf_counter()
 
     echo(f"[1/4] simulating {config.n_train + config.n_holdout} traveling subjects at 2 sites")
-    cohort_dir = out_dir / "cohort"
-    synth = synthesize_mri_cohort(cohort_dir, SynthMRIConfig(
-        n_subjects=config.n_train + config.n_holdout, n_sites=2, seed=config.seed, voxel_size=config.voxel_size,
-        modalities=config.modalities), progress=progress)
-    manifest = load_manifest(synth.manifest_path)
-    subjects = list(manifest.subjects)
-    train_manifest = manifest.rows_for(subject=subjects[: config.n_train]).to_csv(cohort_dir / "train.csv")
-    holdout_manifest = manifest.rows_for(subject=subjects[config.n_train :]).to_csv(cohort_dir / "holdout.csv")
+    manifest, train_manifest, holdout_manifest = synthesize_demo_cohort(config, out_dir / "cohort", progress)
     target = manifest.sites[0]
     preview = _preview(manifest, out_dir / "cohort_preview.png")
     seconds["simulate"] = time.perf_counter() - clock
 
-    model_params = dict(base_channels=config.base_channels, n_res_blocks=config.n_res_blocks,
-                        disc_layers=config.disc_layers,
-                        max_steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                        warmup_steps=config.warmup_steps, crop_size=config.crop_size, device=config.device,
-                        seed=config.seed, checkpoint_every=max(50, config.steps // 4))
+    model_params = sa_cyclegan_params(config)
     variants: dict[str, tuple[str, dict[str, Any]]] = {"sa-cyclegan": ("sa-cyclegan", {**model_params,
                                                                                        "attention": "dense"})}
     if config.ablation:

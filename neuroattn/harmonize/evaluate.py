@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from neuroattn.errors import InvalidInputError
 from neuroattn.harmonize.evaluate_blocks import (
@@ -62,6 +61,7 @@ from neuroattn.harmonize.metrics import MULTI_BANDWIDTH_FACTORS, ROBUST_RANGE_PE
 from neuroattn.harmonize.radiomics import N_BINS
 from neuroattn.harmonize.segmentation import dice_per_class, segment_tissues, tissue_order
 from neuroattn.io.atomic import atomic_path, atomic_write_text
+from neuroattn.progress import progress_bar
 
 Key = tuple[str, str, str]  # (subject, site, modality)
 
@@ -273,7 +273,7 @@ def _relative(h: dict[str, float | None], raw: dict[str, float | None]) -> dict[
 
 def _run_stages(methods: Mapping, ctx: EvalContext, results: dict, runtime: dict, progress: bool) -> None:
     """Run every stage on every method, filling ``results`` and ``runtime`` (seconds per stage)."""
-    bar = tqdm(total=len(methods) * len(STAGES), desc="evaluating", unit="step", disable=not progress)
+    bar = progress_bar(total=len(methods) * len(STAGES), desc="evaluating", unit="step", disable=not progress)
     for name, scans in methods.items():
         block, runtime[name] = {}, {}
         for key, fn in STAGES.items():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from neuroattn.errors import InvalidInputError
 from neuroattn.io.manifest import Manifest
 from neuroattn.io.nifti import Volume, load_volume
+from neuroattn.progress import progress_bar
 
 VolumeLike = np.ndarray | Volume
 MaskLike = np.ndarray | Volume | None
@@ -78,7 +78,7 @@ def volumes_from_manifest(manifest: Manifest, *, progress: bool = True) -> Loade
     masks: list[np.ndarray | None] = []
     cache: dict[str, np.ndarray] = {}
     rows = list(manifest)
-    for row in tqdm(rows, desc="loading volumes", unit="vol", disable=not progress):
+    for row in progress_bar(rows, desc="loading volumes", unit="vol", disable=not progress):
         volumes.append(load_volume(row.path, ndim=3))
         mask_path = row.extras.get("mask", "")
         if mask_path and mask_path not in cache:

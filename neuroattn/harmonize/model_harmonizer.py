@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.harmonize.base import BaseHarmonizer, Covariates, UnknownSiteError, register_harmonizer
@@ -30,6 +29,7 @@ from neuroattn.harmonize.training import CycleGANLossWeights, CycleGANTask, Slic
 from neuroattn.io.checkpoints import load_checkpoint, load_state_strict, save_checkpoint
 from neuroattn.io.manifest import Manifest
 from neuroattn.io.nifti import Volume
+from neuroattn.progress import progress_bar
 from neuroattn.train import TrainConfig, Trainer
 
 
@@ -389,7 +389,7 @@ class SACycleGANHarmonizer(BaseHarmonizer):
         self._check_labels(data)
         outputs: list[np.ndarray | None] = [None] * len(data)
         self.consistency_ = [{} for _ in range(len(data))]
-        for group in tqdm(self._groups(data), desc="harmonizing (sa-cyclegan)", unit="scan",
+        for group in progress_bar(self._groups(data), desc="harmonizing (sa-cyclegan)", unit="scan",
                           disable=not self.progress):
             site = data.sites[group[0]] if data.sites is not None else None
             if site == self.target_site_:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from neuroattn.errors import ConfigError, InvalidInputError
+from neuroattn.progress import progress_bar
 
 PLANES = ("axial", "coronal", "sagittal")
 PLANE_AXIS = {"axial": 3, "coronal": 2, "sagittal": 1}  # slicing axis of a (C, X, Y, Z) array
@@ -204,7 +204,7 @@ def translate_plane(
     out_view = plane_view(out, plane)  # (C, H, W, D), writes land in out
     depth = view.shape[-1]
     starts = range(0, depth, batch_size)
-    for start in tqdm(starts, desc=f"{plane} slices", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc=f"{plane} slices", unit="batch", disable=not progress):
         centres = torch.arange(start, min(start + batch_size, depth), device=device)
         stacks = gather_stacks(view, centres, context_slices)  # (b, k*C, H, W)
         result = generator(stacks).float().cpu().numpy()  # (b, C, H, W)

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from neuroattn.errors import CheckpointError, ConfigError
 from neuroattn.io.atomic import atomic_write_text
+from neuroattn.progress import progress_bar
 from neuroattn.train.config import TrainConfig
 from neuroattn.train.data import DataPosition, batch_stream, move_to
 from neuroattn.train.distributed import (
@@ -132,7 +132,7 @@ class Trainer:
             pin_memory=ctx.device.type == "cuda",
         )
         target = cfg.max_steps if stop_after is None else min(stop_after, cfg.max_steps)
-        bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress and ctx.is_main), unit="step")
+        bar = progress_bar(total=cfg.max_steps, initial=step, disable=not (cfg.progress and ctx.is_main), unit="step")
         result = TrainResult(Path(cfg.out_dir), step, False, step if source is not None else None, 0.0)
         result.checkpoint_dir = source
         self._clock = (seconds_before, time.perf_counter())

@@ -1,0 +1,50 @@
+"""The app's page registry: each pipeline adds its page here and Home lists and links every one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from neuroattn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AppPage:
+    """One page of the app; ``script`` is relative to the app folder (``app/``)."""
+
+    key: str  # URL path, e.g. "viewer"
+    title: str
+    icon: str
+    script: str
+    summary: str  # one line for the Home page
+    area: str = "MRI"
+
+
+_PAGES: dict[str, AppPage] = {}
+
+
+def register_page(page: AppPage) -> AppPage:
+    """Add a page; keys are unique."""
+    if page.key in _PAGES and _PAGES[page.key] != page:
+        raise ConfigError(f"an app page with key '{page.key}' is already registered")
+    _PAGES[page.key] = page
+    return page
+
+
+def registered_pages() -> list[AppPage]:
+    """Every page in registration order (the built-in ones first)."""
+    _register_builtin()
+    return list(_PAGES.values())
+
+
+def _register_builtin() -> None:
+    for page in (
+        AppPage("viewer", "Viewer", ":material/visibility:", "views/viewer.py",
+                "Open a 3-D or 4-D NIfTI: orthogonal slices, header, histogram, time courses, compare two volumes."),
+        AppPage("harmonize", "Harmonize", ":material/tune:", "views/harmonize.py",
+                "Harmonize one scan with a trained SA-CycleGAN-2.5D (or a baseline) and download the result."),
+        AppPage("cohort", "Cohort", ":material/groups:", "views/cohort.py",
+                "Harmonize a whole cohort (manifest CSV, BIDS or folder): live status, resume, zip, evaluation."),
+        AppPage("report", "Report", ":material/analytics:", "views/report.py",
+                "Read an evaluation: MMD, domain classifier, PSNR/SSIM/Dice vs ground truth, baselines side by side."),
+    ):
+        _PAGES.setdefault(page.key, page)
