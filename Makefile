@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_output
 APP_PORT ?= 8501
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint app bench clean
+.PHONY: install browser demo test lint app bench clean
 
 install: $(STAMP)
 
@@ -24,7 +24,14 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+# Headless Chromium for the end-to-end app test (Debian packages; nothing is downloaded by the test itself).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "warning: could not install chromium + chromium-driver; the browser test will be skipped"; fi
+
+test: lint browser
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout 600 -q
 
 app: $(STAMP)

@@ -29,6 +29,7 @@ def streamlit_command(settings: AppSettings, port: int) -> list[str]:
         "--server.maxUploadSize", str(settings.max_upload_mb),
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",
     ]  # fmt: skip
 
 
