@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from app_test_support import APP_DIR, AppWorkspace
@@ -51,3 +53,14 @@ def test_harmonize_refuses_a_wrong_file_in_the_page(workspace_env: AppWorkspace)
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("scan.nii.gz: ")
     assert len(at.button) == 1  # only the demo-training button; no Harmonize without a valid scan
+
+
+def test_train_the_quick_demo_model_from_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEUROATTN_WORKSPACE", str(tmp_path / "fresh"))
+    at = _page()
+    assert any("No harmonizer checkpoints" in i.value for i in at.info)
+    at.button(key="harm_train_demo").click().run()
+    assert not at.exception and not at.error
+    assert any("demo-quick" in o for o in at.selectbox(key="harm_checkpoint").options)
+    assert (tmp_path / "fresh" / "runs" / "demo-quick" / "harmonizer" / "config.json").is_file()
+    assert at.get("progress") and at.get("progress")[0].proto.text.endswith("done")
