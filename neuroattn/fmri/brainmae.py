@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from neuroattn.attention import Dense
-from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError
+from neuroattn.configs import dataclass_from_dict
+from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.fmri.probe import ProbeResult
 from neuroattn.fmri.roi_series import fc_features, segment_frames, standardize_rois
-from neuroattn.io.checkpoints import load_checkpoint, load_state_strict
+from neuroattn.io.checkpoints import load_model
 from neuroattn.nn.transformer import Mlp, TransformerBlock
 from neuroattn.train import LossItem, TrainConfig, Trainer, TrainResult, adam_per_module
 
@@ -87,11 +88,7 @@ class BrainMAEConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BrainMAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown BrainMAEConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
 
 def region_graph(roi_embed: Tensor) -> Tensor:
@@ -361,16 +358,8 @@ def finetune_brainmae(
 
 def load_brainmae(run_or_checkpoint_dir: str | Path) -> BrainMAE:
     """Rebuild a BrainMAE from a trainer run folder (its ``final/``) or a checkpoint folder, weights strict."""
-    path = Path(run_or_checkpoint_dir)
-    if (path / "final" / "config.json").is_file():
-        path = path / "final"
-    ckpt = load_checkpoint(path, expected_class=MODEL_CLASS)
-    try:
-        model = BrainMAE(BrainMAEConfig.from_dict(ckpt.config))
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: bad BrainMAE config ({exc})") from None
-    load_state_strict(model, ckpt.state_dict, path)
-    return model.eval()
+    return load_model(run_or_checkpoint_dir, MODEL_CLASS,
+                      lambda config: BrainMAE(BrainMAEConfig.from_dict(config)))
 
 
 @torch.no_grad()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from neuroattn.attention import Dense
+from neuroattn.configs import dataclass_from_dict
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.nn.transformer import TransformerBlock
 
@@ -93,11 +94,7 @@ class Hiera4DConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hiera4DConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown Hiera4DConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def sincos_embedding(coords: Tensor, dim: int) -> Tensor:

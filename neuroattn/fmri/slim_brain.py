@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from neuroattn.attention import Dense
+from neuroattn.configs import dataclass_from_dict
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.fmri.hiera4d import Hiera4D, Hiera4DConfig, grid_coords, sincos_embedding
 from neuroattn.fmri.probe import ProbeResult, cross_validated_probe
-from neuroattn.io.checkpoints import load_checkpoint, load_state_strict
+from neuroattn.io.checkpoints import load_model
 from neuroattn.nn.transformer import TransformerBlock
 from neuroattn.train import LossItem, TrainConfig, Trainer, TrainResult
 
@@ -100,11 +101,7 @@ class SlimBrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SlimBrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown SlimBrainConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 # -- data ---------------------------------------------------------------------------------------------------------
@@ -487,13 +484,8 @@ def pretrain_slim_brain(
 
 def load_slim_brain(run_or_checkpoint_dir: str | Path) -> SlimBrain:
     """Rebuild a trained :class:`SlimBrain` (eval mode) from a checkpoint folder or a run folder with ``final/``."""
-    path = Path(run_or_checkpoint_dir)
-    if (path / "final").is_dir():
-        path = path / "final"
-    checkpoint = load_checkpoint(path, expected_class=MODEL_CLASS)
-    model = SlimBrain(SlimBrainConfig.from_dict(checkpoint.config))
-    load_state_strict(model, checkpoint.state_dict, path)
-    return model.eval()
+    return load_model(run_or_checkpoint_dir, MODEL_CLASS,
+                      lambda config: SlimBrain(SlimBrainConfig.from_dict(config)))
 
 
 def choose_windows(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from neuroattn.attention import Window
-from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError
-from neuroattn.io.checkpoints import load_checkpoint, load_state_strict
+from neuroattn.configs import dataclass_from_dict
+from neuroattn.errors import ConfigError, InvalidInputError
+from neuroattn.io.checkpoints import load_model
 from neuroattn.nn.transformer import TransformerBlock
 from neuroattn.train import LossItem, TrainConfig, Trainer, TrainResult, adam_per_module
 
@@ -82,10 +83,7 @@ class SwiFTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SwiFTConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown SwiFTConfig keys {unknown}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
 
 def stage_windows(grid: Sequence[int], window: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -287,16 +285,8 @@ def pretrain_swift(runs: Sequence[np.ndarray], config: SwiFTConfig, train: Train
 
 def load_swift(run_or_checkpoint_dir: str | Path) -> SwiFT:
     """Rebuild a SwiFT from a trainer run folder (its ``final/``) or a checkpoint folder, weights strict."""
-    path = Path(run_or_checkpoint_dir)
-    if (path / "final" / "config.json").is_file():
-        path = path / "final"
-    ckpt = load_checkpoint(path, expected_class=MODEL_CLASS)
-    try:
-        model = SwiFT(SwiFTConfig.from_dict(ckpt.config))
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: bad SwiFT config ({exc})") from None
-    load_state_strict(model, ckpt.state_dict, path)
-    return model.eval()
+    return load_model(run_or_checkpoint_dir, MODEL_CLASS,
+                      lambda config: SwiFT(SwiFTConfig.from_dict(config)))
 
 
 @torch.no_grad()

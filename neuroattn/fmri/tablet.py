@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from neuroattn.attention import Dense
+from neuroattn.configs import dataclass_from_dict
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.fmri.tablet_tokens import (
     TabletTokenizer,
@@ -25,7 +26,7 @@ from neuroattn.fmri.tablet_tokens import (
     tokenize_runs,
     window_starts,
 )
-from neuroattn.io.checkpoints import load_checkpoint, load_state_strict
+from neuroattn.io.checkpoints import load_model
 from neuroattn.nn.transformer import TransformerBlock
 from neuroattn.train import LossItem, TrainConfig, Trainer, TrainResult, adam_per_module
 
@@ -91,11 +92,7 @@ class TabletConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TabletConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown TABLeT config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 class Tablet(nn.Module):
@@ -304,13 +301,8 @@ def pretrain_tablet(
 
 def load_tablet(run_or_checkpoint_dir: str | Path) -> Tablet:
     """The TABLeT in a checkpoint folder, or in ``<run>/final`` of a training run (strict weights), in eval mode."""
-    path = Path(run_or_checkpoint_dir)
-    if (path / "final" / "config.json").is_file():
-        path = path / "final"
-    ckpt = load_checkpoint(path, expected_class=TabletPretrainTask.model_class)
-    model = Tablet(TabletConfig.from_dict(ckpt.config))
-    load_state_strict(model, ckpt.state_dict, path)
-    return model.eval()
+    return load_model(run_or_checkpoint_dir, TabletPretrainTask.model_class,
+                      lambda config: Tablet(TabletConfig.from_dict(config)))
 
 
 def iter_windows(

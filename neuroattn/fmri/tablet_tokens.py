@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from neuroattn.configs import dataclass_from_dict
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.atomic import atomic_path
 
@@ -81,11 +82,7 @@ class TabletTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TabletTokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown tokenizer config keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 # -- the frozen 2-D autoencoder -------------------------------------------------------------------------------

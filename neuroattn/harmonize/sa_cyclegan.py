@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from neuroattn.attention import Dense, Neighborhood
 from neuroattn.attention.specs import AttentionSpec
+from neuroattn.configs import dataclass_from_dict
 from neuroattn.errors import ConfigError
 from neuroattn.nn import SpatialSelfAttention2d
 from neuroattn.nn.conv import CBAM, MultiScaleDiscriminator, ResnetBlock
@@ -75,11 +76,7 @@ class SACycleGANConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SACycleGANConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown SA-CycleGAN config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def _conv_norm_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, reflect: int = 0) -> nn.Sequential:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,3 +167,24 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
     if problems:
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=True)
+
+
+def load_model(
+    run_or_checkpoint_dir: str | Path, expected_class: str, build: Callable[[dict[str, Any]], torch.nn.Module]
+) -> torch.nn.Module:
+    """A model saved by the trainer, from a run folder (its ``final/``) or a checkpoint folder, in eval mode.
+
+    ``build`` makes the module from the stored config; its weights must then match the checkpoint exactly.
+    """
+    from neuroattn.errors import ConfigError
+
+    path = Path(run_or_checkpoint_dir)
+    if (path / "final" / "config.json").is_file():
+        path = path / "final"
+    ckpt = load_checkpoint(path, expected_class=expected_class)
+    try:
+        model = build(ckpt.config)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad {expected_class} config ({exc})") from None
+    load_state_strict(model, ckpt.state_dict, path)
+    return model.eval()
