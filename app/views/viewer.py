@@ -54,7 +54,7 @@ with col_header:
 with col_hist:
     st.subheader("Histogram (non-zero voxels)")
     counts, centres = histogram(data)
-    st.bar_chart(pd.DataFrame({"voxels": counts}, index=np.round(centres, 4)))
+    st.area_chart(pd.DataFrame({"voxels": counts}, index=pd.Index(centres, name="intensity")), height=300)
 
 if volume.data.ndim == 4:
     st.subheader(f"Time course of voxel {index}")
