@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from neuroattn.commands.bench import bench_app
+from neuroattn.commands.fmri import fmri_app
 from neuroattn.commands.harmonize import harmonize_app
 from neuroattn.errors import NeuroattnError
 
@@ -24,6 +25,7 @@ data_app = typer.Typer(help="Synthetic data with planted ground truth, and input
 app.add_typer(data_app, name="data")
 app.add_typer(harmonize_app, name="harmonize")
 app.add_typer(bench_app, name="bench")
+app.add_typer(fmri_app, name="fmri")
 
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")]
