@@ -220,20 +220,9 @@ def probe_features(
     groups = np.array([r.subject for r in runs])
     values = labels.values.astype(int) if labels.task == "classification" else labels.values
     result = cross_validated_probe(features, values, task=labels.task, groups=groups,
-                                   n_folds=probe_folds(values, groups, labels.task, pipeline.n_folds),
+                                   n_folds=pipeline.n_folds,
                                    seed=pipeline.seed)
     return features, result
-
-
-def probe_folds(values: np.ndarray, groups: np.ndarray, task: str, n_folds: int) -> int:
-    """Folds a subject-grouped stratified split can make: at most the subjects of the rarest class."""
-    if task != "classification":
-        return n_folds
-    per_class = min(len(np.unique(groups[values == c])) for c in np.unique(values))
-    if per_class < 2:
-        raise InvalidInputError(f"a classification probe needs at least 2 subjects per class; the rarest class has "
-                                f"{per_class}")
-    return min(n_folds, per_class)
 
 
 def _load_for_probe(

@@ -335,15 +335,18 @@ class BrainMAEFinetuneTask(BrainMAEPretrainTask):
             yield "model", F.mse_loss(out.float()[:, 0], y.float()), {}
 
 
-def pretrain_brainmae(runs: Sequence[np.ndarray], config: BrainMAEConfig, train: TrainConfig) -> TrainResult:
+def pretrain_brainmae(
+    runs: Sequence[np.ndarray], config: BrainMAEConfig, train: TrainConfig, *, resume: bool = False
+) -> TrainResult:
     """Masked-autoencoder pretraining on ROI series ``(T, R)`` through the shared :class:`Trainer`.
 
-    The final model lands in ``train.out_dir / "final"`` (load it with :func:`load_brainmae`).
+    The final model lands in ``train.out_dir / "final"`` (load it with :func:`load_brainmae`); ``resume``
+    continues from the newest checkpoint in ``train.out_dir``.
     """
     runs = _check_runs(runs, config.n_rois, config.window_frames)
     torch.manual_seed(train.seed)  # the model's initial weights follow the run's seed
     model = BrainMAE(config)
-    return Trainer(BrainMAEPretrainTask(model, RoiWindowDataset(runs, config.window_frames)), train).fit()
+    return Trainer(BrainMAEPretrainTask(model, RoiWindowDataset(runs, config.window_frames)), train).fit(resume=resume)
 
 
 def finetune_brainmae(

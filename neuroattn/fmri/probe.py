@@ -63,6 +63,11 @@ def cross_validated_probe(
     if n_splits < 2:
         raise ConfigError(f"a probe needs at least 2 groups for cross-validation, got {n_groups}")
     if task == "classification":
+        # every test fold needs each class: no more folds than groups in the rarest class
+        rarest = min(len(np.unique(groups[y == label])) for label in np.unique(y))
+        n_splits = min(n_splits, rarest)
+        if n_splits < 2:
+            raise ConfigError(f"a classification probe needs at least 2 groups per class, the rarest has {rarest}")
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     else:
         splitter = GroupKFold(n_splits=n_splits)

@@ -246,16 +246,9 @@ class BrainMAEModel(FmriModel):
         return (dataclasses.replace(config, **changes) if changes else config), notes
 
     def pretrain(self, runs, config, train, *, resume=False, token_cache=None):  # type: ignore[override]
-        from neuroattn.fmri.brainmae import BrainMAE, BrainMAEPretrainTask, RoiWindowDataset, pretrain_brainmae
-        from neuroattn.train import Trainer
+        from neuroattn.fmri.brainmae import pretrain_brainmae
 
-        if not resume:
-            return pretrain_brainmae(runs, config, train)
-        # pretrain_brainmae has no resume switch; the same steps, continued from the newest checkpoint
-        torch.manual_seed(train.seed)
-        model = BrainMAE(config)
-        dataset = RoiWindowDataset(list(runs), config.window_frames)
-        return Trainer(BrainMAEPretrainTask(model, dataset), train).fit(resume=True)
+        return pretrain_brainmae(runs, config, train, resume=resume)
 
     def load(self, run_or_checkpoint_dir):  # type: ignore[override]
         from neuroattn.fmri.brainmae import load_brainmae

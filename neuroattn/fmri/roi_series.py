@@ -76,8 +76,11 @@ def extract_sphere_series(
     affine: np.ndarray | None = None,
     mask_img: nib.Nifti1Image | None = None,
     standardize: bool = True,
+    allow_overlap: bool = True,
 ) -> RoiSeries:
     """Mean BOLD in spheres around world coordinates (nilearn ``NiftiSpheresMasker``).
+
+    ``allow_overlap``: spheres may share voxels (neighbouring atlas ROIs do on coarse grids, e.g. 10 mm).
 
     Parameters
     ----------
@@ -96,7 +99,8 @@ def extract_sphere_series(
         raise ConfigError(f"'radius' must be positive (mm). {radius} was provided.")
     seeds = np.asarray(coords, dtype=float).reshape(-1, 3)  # (R, 3)
     image, tr, path = _as_image(img, affine)
-    masker = NiftiSpheresMasker(seeds=[tuple(s) for s in seeds], radius=radius, mask_img=mask_img, standardize=False)
+    masker = NiftiSpheresMasker(seeds=[tuple(s) for s in seeds], radius=radius, mask_img=mask_img, standardize=False,
+                                 allow_overlap=allow_overlap)
     data = _run_masker(masker, image, path)
     names = tuple(roi_names) if roi_names is not None else tuple(f"roi_{i:03d}" for i in range(len(seeds)))
     if len(names) != data.shape[1]:

@@ -30,3 +30,13 @@ def test_probe_regression_r2_and_group_leakage_guard() -> None:
         cross_validated_probe(x, y, task="regression", groups=np.zeros(60))
     with pytest.raises(ConfigError, match="'task' must be one of"):
         cross_validated_probe(x, y, task="ranking")
+
+
+def test_probe_folds_never_exceed_the_rarest_class() -> None:
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 12 + [1] * 3)
+    x = rng.normal(size=(15, 3)) + 4.0 * y[:, None]
+    result = cross_validated_probe(x, y, n_folds=5)
+    assert len(result.folds) == 3 and result.score > 0.8
+    with pytest.raises(ConfigError, match="at least 2 groups per class"):
+        cross_validated_probe(x[:13], y[:13])
