@@ -12,6 +12,7 @@ import json
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,7 @@ import torch
 
 from neuroattn.data.synth_mri import SynthMRIConfig, synthesize_mri_cohort
 from neuroattn.harmonize.apply import apply_harmonizer
+from neuroattn.harmonize.base import SingleSubjectSiteWarning
 from neuroattn.harmonize.model_harmonizer import SACycleGANHarmonizer
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.manifest import load_manifest
@@ -51,7 +53,9 @@ def run(resolutions: list[float], bases: list[int], planes: list[str], device: s
                 harmonizer = SACycleGANHarmonizer(target_site="siteA", base_channels=base, max_steps=1, batch_size=1,
                                                   crop_size=64, warmup_steps=0,
                                                   device=device, progress=False)
-                harmonizer.fit(manifest)
+                with warnings.catch_warnings():  # one subject per site is enough for timing
+                    warnings.simplefilter("ignore", SingleSubjectSiteWarning)
+                    harmonizer.fit(manifest)
                 checkpoint = harmonizer.save(Path(tmp) / f"model-{mm}-{base}")
                 for plane in planes:
                     seconds = _time_apply(checkpoint, source, Path(tmp) / f"out-{mm}-{base}", plane, repeats)
