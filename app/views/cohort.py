@@ -11,19 +11,19 @@ from neuroattn.errors import NeuroattnError
 from neuroattn.harmonize.assessment import evaluate_outputs
 from neuroattn.io.cohort import read_cohort
 from neuroattn.web.cohort import load_cohort_source, rebase_manifest, run_cohort, zip_folder
-from neuroattn.web.runs import find_harmonizers
-from neuroattn.web.ui import app_settings, download_file, guarded, progress_bar, show_error, upload_folder
+from neuroattn.web.ui import (
+    app_settings,
+    checkpoint_picker,
+    download_file,
+    guarded,
+    progress_bar,
+    show_error,
+    upload_folder,
+)
 
 st.title("Harmonize a cohort")
 settings = app_settings()
-entries = find_harmonizers(settings.runs)
-if not entries:
-    st.info(f"No harmonizer checkpoints under `{settings.runs}`: train one on the Harmonize page first.")
-    st.stop()
-labels = {e.label(settings.runs): e for e in entries}
-entry = labels[st.selectbox("Checkpoint", list(labels), key="cohort_checkpoint")]
-if not entry.trained:
-    st.warning("This checkpoint is UNTRAINED: its outputs are not harmonized scans.")
+entry = checkpoint_picker("cohort_checkpoint", "train one on the Harmonize page first.")
 
 roots = settings.readable_roots
 kind = st.radio("Cohort", ["Server folder or manifest", "Upload a manifest CSV"], horizontal=True, key="cohort_kind")

@@ -10,9 +10,10 @@ from neuroattn.harmonize.base import BaseHarmonizer
 from neuroattn.io.manifest import nifti_stem
 from neuroattn.io.nifti import load_volume, save_volume
 from neuroattn.web.figures import default_window, difference_window
-from neuroattn.web.runs import DEMO_SIZES, find_harmonizers, train_demo_harmonizer
+from neuroattn.web.runs import DEMO_SIZES, train_demo_harmonizer
 from neuroattn.web.ui import (
     app_settings,
+    checkpoint_picker,
     download_file,
     guarded,
     progress_bar,
@@ -41,14 +42,7 @@ with st.expander("No checkpoint yet? Train the demo model on a simulated two-sit
             entry = train_demo_harmonizer(settings.runs, size)
             st.success(f"Saved {entry.path}")
 
-entries = find_harmonizers(settings.runs)
-if not entries:
-    st.info(f"No harmonizer checkpoints under `{settings.runs}`.")
-    st.stop()
-labels = {e.label(settings.runs): e for e in entries}
-entry = labels[st.selectbox("Checkpoint", list(labels), key="harm_checkpoint")]
-if not entry.trained:
-    st.warning("This checkpoint is UNTRAINED: its outputs are not harmonized scans.")
+entry = checkpoint_picker("harm_checkpoint", "train the demo model above.")
 sources = [s for s in entry.sites if s != entry.target_site] or list(entry.sites)
 site = st.selectbox(f"Site the scan comes from (output is on {entry.target_site}'s scale)", sources, key="harm_site")
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from neuroattn.errors import InvalidInputError
 from neuroattn.harmonize.evaluate import metrics_table
+from neuroattn.web.uploads import files_named
 
 HEADLINE_ORDER = ("psnr", "ssim", "dice_vs_ground_truth", "mmd_intensity", "mmd_intensity_p", "domain_accuracy",
                   "domain_auc", "ks", "wasserstein", "icc")
@@ -52,14 +53,13 @@ class Evaluation:
 def find_evaluations(root: Path, max_depth: int = 6) -> list[Path]:
     """Every ``metrics.json`` with a ``headline`` under ``root``, newest first."""
     found = []
-    for depth in range(1, max_depth + 1):
-        for path in root.glob("/".join(["*"] * (depth - 1) + ["metrics.json"])):
-            try:
-                if "headline" in json.loads(path.read_text()):
-                    found.append(path)
-            except (OSError, ValueError):
-                continue
-    return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in files_named(root, "metrics.json", max_depth):
+        try:
+            if "headline" in json.loads(path.read_text()):
+                found.append(path)
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def load_evaluation(path: Path) -> Evaluation:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroattn.harmonize.apply import HARMONIZER_DIR
+from neuroattn.web.uploads import files_named
 
 DEMO_SIZES = ("quick", "standard")
 
@@ -59,18 +60,11 @@ def find_harmonizers(root: Path, max_depth: int = 4) -> list[HarmonizerEntry]:
     found: list[HarmonizerEntry] = []
     if not root.is_dir():
         return found
-    for config in _configs(root, max_depth):
+    for config in files_named(root, "config.json", max_depth + 1):
         entry = read_entry(config.parent)
         if entry is not None:
             found.append(entry)
     return sorted(found, key=lambda e: (e.path / "config.json").stat().st_mtime, reverse=True)
-
-
-def _configs(root: Path, max_depth: int) -> list[Path]:
-    out: list[Path] = []
-    for depth in range(1, max_depth + 1):
-        out += root.glob("/".join(["*"] * depth) + "/config.json")
-    return out
 
 
 def train_demo_harmonizer(runs_dir: Path, size: str = "quick", *, progress: bool = False) -> HarmonizerEntry:

@@ -14,6 +14,7 @@ from neuroattn.errors import NeuroattnError
 from neuroattn.io.nifti import Volume, load_volume
 from neuroattn.progress import ProgressEvent, listen
 from neuroattn.web.figures import slice_images
+from neuroattn.web.runs import HarmonizerEntry, find_harmonizers
 from neuroattn.web.settings import AppSettings, load_settings
 from neuroattn.web.uploads import list_nifti_files, load_upload, new_session_id, session_folder
 
@@ -114,3 +115,17 @@ def show_slices(title: str, data: np.ndarray, window: tuple[float, float], cmap:
     st.markdown(f"**{title}**")
     for col, (view, image) in zip(st.columns(3), slice_images(data, index, window, cmap).items(), strict=True):
         col.image(image, caption=f"{view} · {caption}", width="stretch")
+
+
+def checkpoint_picker(key: str, empty_hint: str) -> HarmonizerEntry:
+    """Choose one of the harmonizers under the runs folder (newest first); stops the page when there is none."""
+    settings = app_settings()
+    entries = find_harmonizers(settings.runs)
+    if not entries:
+        st.info(f"No harmonizer checkpoints under `{settings.runs}`: {empty_hint}")
+        st.stop()
+    labels = {e.label(settings.runs): e for e in entries}
+    entry = labels[st.selectbox("Checkpoint", list(labels), key=key)]
+    if not entry.trained:
+        st.warning("This checkpoint is UNTRAINED: its outputs are not harmonized scans.")
+    return entry

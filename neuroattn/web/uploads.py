@@ -83,3 +83,11 @@ def list_nifti_files(folder: Path, roots: tuple[Path, ...], limit: int = 2000) -
     folder = resolve_inside(folder, roots)
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
     return [p for p in found if _inside(p.resolve(), roots)][:limit]  # links pointing out are left out
+
+
+def files_named(root: Path, name: str, max_depth: int) -> list[Path]:
+    """Files called ``name`` in ``root`` and up to ``max_depth - 1`` folders below it (bounded, unlike rglob)."""
+    found: list[Path] = []
+    for depth in range(max_depth):
+        found += root.glob("/".join(["*"] * depth + [name]))
+    return found
