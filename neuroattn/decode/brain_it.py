@@ -1,0 +1,252 @@
+"""Brain-IT: voxel tokens pooled into shared functional clusters, a Brain Interaction Transformer, CLIP tokens out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neuroattn.errors import ConfigError, InvalidInputError
+from neuroattn.nn.attention import MultiHeadAttention
+from neuroattn.nn.transformer import TransformerBlock
+
+_SUBJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class BrainITConfig:
+    """Brain-IT architecture and loss weights. Defaults follow the paper where it states them (marked)."""
+
+    n_clusters: int = 128  # functional voxel clusters shared across subjects (published)
+    embed_dim: int = 32  # width of each voxel's functional embedding = PCA dimensions the mixture is fitted in
+    dim: int = 512  # token width of the cluster and output tokens
+    heads: int = 8
+    depth: int = 6  # interaction layers: cluster self-attention + output-query self/cross-attention
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    n_tokens: int = 256  # localized semantic output tokens (published: 256 OpenCLIP tokens)
+    clip_dim: int = 1280  # width of each target CLIP token (OpenCLIP ViT-bigG/14 joint space)
+    latent_channels: int = 4  # VAE latent channels of the low-level branch; 0 disables it
+    latent_size: int = 64  # VAE latent side, voxels of the latent grid (512 px images / 8)
+    latent_grid: int = 16  # low-level query tokens per side; each decodes a (latent_size / latent_grid)^2 patch
+    profile_alpha: float = 1.0  # ridge penalty per image of the voxel encoding profiles
+    # losses
+    mse_weight: float = 1.0  # token-wise mean squared error to the CLIP tokens
+    cosine_weight: float = 1.0  # 1 - mean token cosine similarity
+    contrastive_weight: float = 1.0  # SoftCLIP on the flattened tokens (the retrieval space)
+    temperature: float = 0.05  # SoftCLIP temperature
+    latent_weight: float = 1.0  # L1 to the VAE latents
+
+    def __post_init__(self) -> None:
+        for name in ("n_clusters", "embed_dim", "dim", "heads", "depth", "n_tokens", "clip_dim", "latent_grid"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
+        if self.dim % self.heads:
+            raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
+        if self.latent_channels < 0:
+            raise ConfigError(f"'latent_channels' must be >= 0. {self.latent_channels!r} was provided.")
+        if self.latent_channels and self.latent_size % self.latent_grid:
+            raise ConfigError(f"'latent_size' ({self.latent_size}) must be a multiple of 'latent_grid' "
+                              f"({self.latent_grid})")
+        if not self.temperature > 0:
+            raise ConfigError(f"'temperature' must be > 0. {self.temperature!r} was provided.")
+
+    @property
+    def latent_patch(self) -> int:
+        """Side of the latent patch one low-level query decodes."""
+        return self.latent_size // self.latent_grid
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> BrainITConfig:
+        """A CPU-sized config for the tiny CLIP (65 tokens x 64) and the tiny VAE (4 x 16 x 16)."""
+        base = dict(n_clusters=8, embed_dim=8, dim=64, heads=4, depth=2, mlp_ratio=2.0,
+                    n_tokens=65, clip_dim=64, latent_channels=4, latent_size=16, latent_grid=4)
+        return cls(**(base | overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BrainITConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown BrainITConfig keys {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class BrainITOutput:
+    """What one forward pass predicts."""
+
+    tokens: Tensor  # (B, n_tokens, clip_dim) semantic tokens in CLIP token space
+    latents: Tensor | None  # (B, C, h, w) VAE latents, None without the low-level branch
+
+
+class SubjectVoxels(nn.Module):
+    """One subject's learned voxel embeddings ``(V, embed_dim)`` and the voxels' fixed cluster labels ``(V,)``."""
+
+    def __init__(self, embeddings: Tensor, clusters: Tensor, n_clusters: int) -> None:
+        super().__init__()
+        if embeddings.dim() != 2 or clusters.shape != embeddings.shape[:1]:
+            raise InvalidInputError(f"need embeddings (V, E) and cluster labels (V,); got {tuple(embeddings.shape)} "
+                                    f"and {tuple(clusters.shape)}")
+        if clusters.numel() and (int(clusters.min()) < 0 or int(clusters.max()) >= n_clusters):
+            raise InvalidInputError(f"cluster labels must lie in [0, {n_clusters})")
+        self.n_clusters = n_clusters
+        self.embedding = nn.Parameter(embeddings.detach().clone().float())
+        self.register_buffer("cluster", clusters.detach().clone().long())
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.embedding.shape[0])
+
+    def cluster_table(self) -> tuple[Tensor, Tensor]:
+        """Voxel indices grouped by cluster: ``index (K, M)`` (padding = V) and ``valid (K, M)`` bool."""
+        v, k = self.n_voxels, self.n_clusters
+        cluster = self.cluster
+        counts = torch.bincount(cluster, minlength=k)  # (K,)
+        width = max(int(counts.max()), 1) if v else 1
+        order = torch.argsort(cluster, stable=True)  # (V,) voxels grouped by cluster
+        starts = torch.cumsum(counts, 0) - counts  # (K,)
+        slot = torch.arange(v, device=cluster.device) - starts[cluster[order]]  # (V,) position inside its cluster
+        index = torch.full((k, width), v, dtype=torch.long, device=cluster.device)
+        index[cluster[order], slot] = order
+        return index, index < v
+
+
+class BrainIT(nn.Module):
+    """Brain Interaction Transformer over functional voxel clusters shared across subjects.
+
+    Each voxel ``v`` of subject ``s`` becomes the token ``proj(e_v) * a_v + c_k(v)``: its learned embedding
+    (initialised from its functional profile) scaled by its activation, plus the embedding of its cluster.
+    A learned query per cluster attends to that cluster's voxels only (graph attention along the
+    voxel -> cluster edges; a learned null key keeps empty clusters defined), giving K cluster tokens. Then
+    ``depth`` interaction layers alternate self-attention among cluster tokens with output queries that attend
+    to each other and cross-attend to the cluster tokens. ``n_tokens`` queries become CLIP tokens; with a
+    low-level branch ``latent_grid**2`` more queries each decode a patch of the VAE latents.
+
+    Parameters
+    ----------
+    config : architecture.
+    subjects : ``{name: (embeddings (V_s, embed_dim), cluster labels (V_s,))}`` initial voxel state per subject.
+    """
+
+    def __init__(self, config: BrainITConfig, subjects: dict[str, tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.config = config
+        d, k = config.dim, config.n_clusters
+        self.subjects = nn.ModuleDict()
+        for name, (embeddings, clusters) in subjects.items():
+            self.add_subject(name, embeddings, clusters)
+        self.embed_proj = nn.Linear(config.embed_dim, d)
+        self.cluster_embed = nn.Parameter(torch.randn(k, d) * 0.02)
+        self.cluster_queries = nn.Parameter(torch.randn(k, d) * 0.02)
+        self.null_token = nn.Parameter(torch.randn(d) * 0.02)
+        self.pool = MultiHeadAttention(d, config.heads)
+        self.pool_norm = nn.LayerNorm(d)
+        n_latent = config.latent_grid**2 if config.latent_channels else 0
+        self.queries = nn.Parameter(torch.randn(config.n_tokens + n_latent, d) * 0.02)
+        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
+        self.cluster_blocks = nn.ModuleList(
+            TransformerBlock(d, config.heads, mlp_ratio=config.mlp_ratio, drop_path=r) for r in rates
+        )
+        self.query_blocks = nn.ModuleList(
+            TransformerBlock(d, config.heads, mlp_ratio=config.mlp_ratio, drop_path=r, cross_attention=True)
+            for r in rates
+        )
+        self.norm = nn.LayerNorm(d)
+        self.semantic_head = nn.Linear(d, config.clip_dim)
+        self.latent_head = (
+            nn.Linear(d, config.latent_channels * config.latent_patch**2) if config.latent_channels else None
+        )
+
+    def add_subject(self, name: str, embeddings: Tensor, clusters: Tensor) -> SubjectVoxels:
+        """Register a subject's voxels (embeddings ``(V, embed_dim)``, labels ``(V,)``); returns its module."""
+        if not _SUBJECT_NAME.match(name):
+            raise ConfigError(f"subject name {name!r} must start with a letter and hold only letters, digits, _ or -")
+        if name in self.subjects:
+            raise ConfigError(f"subject {name!r} is already part of this model")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.embed_dim:
+            raise InvalidInputError(f"voxel embeddings of {name!r} must be (V, {self.config.embed_dim}), "
+                                    f"got {tuple(embeddings.shape)}")
+        module = SubjectVoxels(embeddings, clusters, self.config.n_clusters)
+        existing = next(iter(self.parameters()), None)
+        if existing is not None:
+            module.to(existing.device)
+        self.subjects[name] = module
+        return module
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter not owned by one subject (transformer, projections, cluster queries), by name."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("subjects.")}
+
+    def _subject(self, subject: str, betas: Tensor) -> SubjectVoxels:
+        if subject not in self.subjects:
+            raise InvalidInputError(f"unknown subject {subject!r}; this model knows {sorted(self.subjects)}")
+        voxels = self.subjects[subject]
+        if betas.dim() != 2 or betas.shape[1] != voxels.n_voxels:
+            raise InvalidInputError(f"betas of {subject!r} must be (B, {voxels.n_voxels}), got {tuple(betas.shape)}")
+        return voxels
+
+    def voxel_tokens(self, subject: str, betas: Tensor) -> Tensor:
+        """``betas (B, V)`` -> voxel tokens ``(B, V, dim)``: ``proj(e_v) * a_v + cluster_embed[k(v)]``."""
+        voxels = self._subject(subject, betas)
+        emb = self.embed_proj(voxels.embedding)  # (V, d)
+        return betas[..., None] * emb[None] + self.cluster_embed[voxels.cluster][None]  # (B, V, d)
+
+    def cluster_tokens(self, subject: str, betas: Tensor) -> Tensor:
+        """Pool each cluster's voxels into one token: ``betas (B, V)`` -> ``(B, K, dim)``.
+
+        Cluster ``k``'s query attends to the voxels labelled ``k`` and to the null key only, so a voxel
+        reaches no other cluster's token.
+        """
+        voxels = self._subject(subject, betas)
+        tokens = self.voxel_tokens(subject, betas)  # (B, V, d)
+        index, valid = voxels.cluster_table()  # (K, M) each
+        b, k, m, d = tokens.shape[0], index.shape[0], index.shape[1], tokens.shape[-1]
+        padded = torch.cat([tokens, tokens.new_zeros(b, 1, d)], dim=1)  # (B, V + 1, d); row V is padding
+        context = padded[:, index]  # (B, K, M, d)
+        null = self.null_token.to(context.dtype).expand(b, k, 1, d)  # (B, K, 1, d)
+        context = torch.cat([context, null], dim=2).reshape(b * k, m + 1, d)  # (B*K, M+1, d)
+        keep = torch.cat([valid, valid.new_ones(k, 1)], dim=1)  # (K, M+1)
+        keep = keep[None].expand(b, k, m + 1).reshape(b * k, m + 1)  # (B*K, M+1)
+        queries = self.cluster_queries[None].expand(b, k, d)  # (B, K, d)
+        pooled = self.pool(queries.reshape(b * k, 1, d), context=context, key_padding_mask=keep)  # (B*K, 1, d)
+        return self.pool_norm(queries + pooled.reshape(b, k, d))  # (B, K, d)
+
+    def interact(self, clusters: Tensor) -> Tensor:
+        """Cluster tokens ``(B, K, dim)`` (any mix of subjects) -> output query tokens ``(B, Q, dim)``,
+        ``Q = n_tokens [+ latent_grid**2]``, after the interaction layers."""
+        queries = self.queries[None].expand(clusters.shape[0], -1, -1)  # (B, Q, d)
+        for cluster_block, query_block in zip(self.cluster_blocks, self.query_blocks, strict=True):
+            clusters = cluster_block(clusters)
+            queries = query_block(queries, context=clusters)
+        return self.norm(queries)
+
+    def forward_features(self, subject: str, betas: Tensor) -> Tensor:
+        """Output query tokens of ``betas (B, V)``, ``(B, Q, dim)``."""
+        return self.interact(self.cluster_tokens(subject, betas))
+
+    def decode_outputs(self, feats: Tensor) -> BrainITOutput:
+        """Output query tokens ``(B, Q, dim)`` -> CLIP tokens ``(B, L, D)`` and VAE latents ``(B, C, h, w)``."""
+        cfg = self.config
+        tokens = self.semantic_head(feats[:, : cfg.n_tokens])  # (B, L, D)
+        latents = None
+        if self.latent_head is not None:
+            g, p, c = cfg.latent_grid, cfg.latent_patch, cfg.latent_channels
+            patches = self.latent_head(feats[:, cfg.n_tokens :])  # (B, g*g, C*p*p)
+            patches = patches.reshape(-1, g, g, c, p, p)  # (B, gy, gx, C, py, px)
+            latents = patches.permute(0, 3, 1, 4, 2, 5).reshape(-1, c, g * p, g * p)  # (B, C, h, w)
+        return BrainITOutput(tokens=tokens, latents=latents)
+
+    def forward(self, subject: str, betas: Tensor) -> BrainITOutput:
+        """``betas (B, V)`` of ``subject`` -> semantic tokens ``(B, L, D)`` and VAE latents ``(B, C, h, w)``."""
+        return self.decode_outputs(self.forward_features(subject, betas))
+
+
+__all__ = ["BrainIT", "BrainITConfig", "BrainITOutput", "SubjectVoxels"]

@@ -1,0 +1,61 @@
+"""Evaluate a trained decoding run on its subject's test images: retrieval, identification and reconstructions.
+
+Reconstruction scores come with two references computed on the same images: the mean training image
+(a decoder that knows nothing of the trial) and the low-level path's own images before diffusion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuroattn.decode.metrics import pixcorr, ssim
+
+
+def mean_image_baseline(train_images: np.ndarray, seen: np.ndarray) -> dict[str, float]:
+    """PixCorr and SSIM of the mean training image against every seen image (N, H, W, 3)."""
+    mean = np.broadcast_to(train_images.astype(np.float64).mean(axis=0).round().astype(np.uint8), seen.shape)
+    return {"pixcorr_mean_image_baseline": pixcorr(mean, seen), "ssim_mean_image_baseline": ssim(mean, seen)}
+
+
+def evaluate_run(checkpoint: str | Path, out: str | Path, *, data: str | Path | None = None,
+                 subject: str | None = None, unclip: str | Path | None = None, reconstruct: bool = True,
+                 recon_limit: int = 50, steps: int = 20, strength: float = 0.85, seed: int = 0,
+                 progress: bool = False) -> dict[str, Any]:
+    """Score the run's decoder on the subject's repeat-averaged test responses; writes metrics.json + report.html."""
+    from neuroattn.decode.data_bundle import open_decoding_data
+    from neuroattn.decode.evaluate import evaluate_decoder
+    from neuroattn.decode.pipeline import load_reconstructor, reconstruct_images
+    from neuroattn.decode.reconstruct import save_pngs
+    from neuroattn.decode.runs import DecodeSettings, load_decoder, read_run_info
+
+    info = read_run_info(checkpoint)
+    settings = DecodeSettings(**info["settings"])
+    bundle = open_decoding_data(data or info["data_root"], settings.feature_source(), progress=progress)
+    subject = subject or info["subjects"][0]
+    decoder = load_decoder(checkpoint, subject)
+    subject_data = bundle.subject(subject)
+    betas, ids = subject_data.averaged(test=True)
+    extra: dict[str, float] = {}
+    recon, recon_trained = None, None
+    out = Path(out)
+    if reconstruct:
+        reconstructor = load_reconstructor(bundle.root, unclip)
+        m = min(recon_limit, len(betas))
+        recon, low = reconstruct_images(decoder, betas[:m], reconstructor, steps=steps, strength=strength,
+                                        seed=seed, progress=progress)
+        recon_trained = bool(reconstructor.trained)
+        seen = bundle.stimuli.images[ids[:m]]
+        _, train_ids = subject_data.trials(test=False)
+        extra |= mean_image_baseline(bundle.stimuli.images[np.unique(train_ids)], seen)
+        if low is not None:
+            extra |= {"pixcorr_lowlevel_path": pixcorr(low, seen), "ssim_lowlevel_path": ssim(low, seen)}
+            save_pngs(low, out / "lowlevel", [f"image{int(i)}" for i in ids[:m]])
+        save_pngs(recon, out / "reconstructions", [f"image{int(i)}" for i in ids[:m]])
+    result = evaluate_decoder(decoder, betas, ids, bundle.stimuli.images, bundle.features, recon,
+                              noise_ceiling=bundle.noise_ceiling(subject), out_dir=out, extra_metrics=extra,
+                              features_trained=bundle.clip_trained, reconstructions_trained=recon_trained,
+                              seed=seed)
+    return result | {"subject": subject, "checkpoint": str(checkpoint)}

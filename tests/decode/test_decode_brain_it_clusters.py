@@ -1,0 +1,77 @@
+"""Voxel encoding profiles (closed-form ridge) and the diagonal Gaussian mixture of shared voxel clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.linear_model import Ridge
+from sklearn.metrics import adjusted_rand_score
+
+from neuroattn.decode.voxel_clusters import VoxelClusters, encoding_profiles, fit_voxel_clusters
+from neuroattn.errors import ConfigError, InvalidInputError
+
+
+@pytest.mark.parametrize(("n", "f"), [(60, 10), (12, 30)])  # primal and dual forms
+def test_encoding_profiles_match_sklearn_ridge(n: int, f: int) -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(n, f)) * rng.uniform(0.5, 3.0, size=f) + 2.0
+    betas = rng.normal(size=(n, 7))
+    alpha = 0.3
+    profiles = encoding_profiles(betas, features, alpha=alpha)
+    standard = (features - features.mean(0)) / features.std(0)
+    reference = Ridge(alpha=alpha * n, fit_intercept=True, solver="svd").fit(standard, betas).coef_  # (V, F)
+    assert profiles.shape == (7, f) and profiles.dtype == np.float32
+    np.testing.assert_allclose(profiles, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_encoding_profiles_recover_planted_weights() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(400, 6))
+    standard = (features - features.mean(0)) / features.std(0)
+    weights = rng.normal(size=(6, 5))
+    profiles = encoding_profiles(standard @ weights + 4.0, features, alpha=1e-6)
+    np.testing.assert_allclose(profiles, weights.T, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="same N"):
+        encoding_profiles(np.zeros((5, 2)), np.zeros((4, 3)))
+    with pytest.raises(ConfigError, match="alpha"):
+        encoding_profiles(np.ones((5, 2)), np.ones((5, 3)), alpha=0.0)
+
+
+def test_log_likelihood_matches_scipy_and_assign_takes_the_argmax() -> None:
+    rng = np.random.default_rng(2)
+    k, p = 3, 4
+    clusters = VoxelClusters(
+        mean=np.zeros(p), components=np.eye(p), scale=np.ones(p), means=rng.normal(size=(k, p)),
+        variances=rng.uniform(0.2, 2.0, size=(k, p)), weights=np.array([0.2, 0.5, 0.3]),
+    )
+    points = rng.normal(size=(20, p))
+    reference = np.stack([np.log(clusters.weights[j]) + multivariate_normal(clusters.means[j],
+                          np.diag(clusters.variances[j])).logpdf(points) for j in range(k)], axis=1)
+    np.testing.assert_allclose(clusters.log_likelihood(points), reference, rtol=1e-10)
+    np.testing.assert_array_equal(clusters.assign(points), reference.argmax(1))
+
+
+def test_clusters_are_shared_across_subjects_and_round_trip() -> None:
+    rng = np.random.default_rng(3)
+    centres = np.linalg.qr(rng.normal(size=(12, 12)))[0][:4]  # 4 orthonormal tuning directions in 12 features
+    profiles, truth = [], []
+    for n_vox in (50, 70):  # two subjects with different voxel counts, same four functional types
+        types = rng.integers(0, 4, size=n_vox)
+        gain = rng.uniform(0.5, 3.0, size=(n_vox, 1))  # profile length varies; the direction is the type
+        profiles.append(gain * (centres[types] + 0.08 * rng.normal(size=(n_vox, 12))))
+        truth.append(types)
+    clusters, labels = fit_voxel_clusters(profiles, 4, seed=0, n_components=4)
+    assert [len(lab) for lab in labels] == [50, 70]
+    assert adjusted_rand_score(np.concatenate(truth), np.concatenate(labels)) == pytest.approx(1.0)
+    for prof, lab in zip(profiles, labels, strict=True):
+        np.testing.assert_array_equal(clusters.predict(prof), lab)
+    emb = clusters.embed(np.concatenate(profiles))
+    np.testing.assert_allclose(emb.std(0, ddof=1), 1.0, rtol=1e-4)  # whitened PCA scores
+    again = VoxelClusters.from_state(clusters.state_tensors())
+    np.testing.assert_array_equal(again.predict(profiles[1]), labels[1])
+    np.testing.assert_array_equal(again.embed(profiles[0]), clusters.embed(profiles[0]))
+    with pytest.raises(ConfigError, match="n_clusters"):
+        fit_voxel_clusters(profiles, 500)
+    with pytest.raises(InvalidInputError, match="one F"):
+        fit_voxel_clusters([np.ones((4, 3)), np.ones((4, 5))], 2)

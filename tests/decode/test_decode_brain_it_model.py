@@ -1,0 +1,124 @@
+"""Brain-IT model: config checks, shapes, cluster pooling confined to each cluster, latent patch layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuroattn.decode.brain_it import BrainIT, BrainITConfig
+from neuroattn.errors import ConfigError, InvalidInputError
+
+torch.set_num_threads(1)
+
+
+def _config(**overrides: object) -> BrainITConfig:
+    base = dict(n_tokens=5, clip_dim=12, dim=32, depth=1, latent_channels=2, latent_size=8, latent_grid=2)
+    return BrainITConfig.tiny(**(base | overrides))
+
+
+def _model(n_voxels: int = 40, seed: int = 0, empty_cluster: int | None = 7) -> BrainIT:
+    gen = torch.Generator().manual_seed(seed)
+    cfg = _config()
+    labels = torch.randint(0, cfg.n_clusters, (n_voxels,), generator=gen)
+    if empty_cluster is not None:
+        labels[labels == empty_cluster] = 0
+    torch.manual_seed(seed)
+    return BrainIT(cfg, {"subj01": (torch.randn(n_voxels, cfg.embed_dim, generator=gen), labels)}).eval()
+
+
+def test_config_defaults_and_validation() -> None:
+    cfg = BrainITConfig()
+    assert (cfg.n_clusters, cfg.n_tokens) == (128, 256)  # published
+    assert BrainITConfig.from_dict(cfg.to_dict()) == cfg
+    tiny = BrainITConfig.tiny()
+    assert (tiny.n_tokens, tiny.clip_dim, tiny.latent_size, tiny.latent_patch) == (65, 64, 16, 4)
+    with pytest.raises(ConfigError, match="divisible"):
+        BrainITConfig.tiny(dim=30, heads=4)
+    with pytest.raises(ConfigError, match="multiple"):
+        BrainITConfig.tiny(latent_size=10, latent_grid=4)
+    with pytest.raises(ConfigError, match="unknown"):
+        BrainITConfig.from_dict({"n_clustrs": 3})
+
+
+def test_forward_shapes_and_gradients_reach_every_part() -> None:
+    model = _model().train()
+    betas = torch.randn(3, 40)
+    out = model("subj01", betas)
+    assert out.tokens.shape == (3, 5, 12)
+    assert out.latents is not None and out.latents.shape == (3, 2, 8, 8)
+    (out.tokens.square().mean() + out.latents.square().mean()).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.count_nonzero(param.grad) > 0, name
+    assert model.decode_outputs(model.forward_features("subj01", betas)).tokens.shape == (3, 5, 12)
+
+
+def test_voxel_token_is_embedding_times_activation_plus_cluster_embedding() -> None:
+    model = _model()
+    betas = torch.randn(2, 40)
+    voxels = model.subjects["subj01"]
+    expected = betas[..., None] * model.embed_proj(voxels.embedding)[None] + model.cluster_embed[voxels.cluster]
+    torch.testing.assert_close(model.voxel_tokens("subj01", betas), expected, rtol=0, atol=0)
+
+
+def test_cluster_table_groups_voxels_by_label() -> None:
+    voxels = _model().subjects["subj01"]
+    index, valid = voxels.cluster_table()
+    labels = voxels.cluster.numpy()
+    for k in range(index.shape[0]):
+        members = sorted(index[k][valid[k]].tolist())
+        assert members == np.flatnonzero(labels == k).tolist()
+        assert torch.all(index[k][~valid[k]] == len(labels))
+
+
+def test_cluster_pooling_only_changes_the_perturbed_voxels_cluster() -> None:
+    model = _model()
+    labels = model.subjects["subj01"].cluster
+    betas = torch.randn(2, 40)
+    with torch.no_grad():
+        base = model.cluster_tokens("subj01", betas)  # (B, K, d)
+        assert torch.isfinite(base).all()  # cluster 7 has no voxel: its query sees the null key only
+        for voxel in (0, 13, 39):
+            moved = betas.clone()
+            moved[:, voxel] += 3.0
+            out = model.cluster_tokens("subj01", moved)
+            own = int(labels[voxel])
+            others = [k for k in range(base.shape[1]) if k != own]
+            assert torch.equal(out[:, others], base[:, others])
+            assert (out[:, own] - base[:, own]).abs().max() > 1e-3
+
+
+def test_latent_patches_land_where_their_query_points() -> None:
+    model = _model()
+    cfg = model.config
+    with torch.no_grad():
+        model.latent_head.bias.zero_()
+        for q in range(cfg.latent_grid**2):
+            feats = torch.zeros(1, cfg.n_tokens + cfg.latent_grid**2, cfg.dim)
+            feats[0, cfg.n_tokens + q] = 1.0
+            latents = model.decode_outputs(feats).latents[0]  # (C, h, w)
+            row, col, p = q // cfg.latent_grid, q % cfg.latent_grid, cfg.latent_patch
+            block = torch.zeros_like(latents, dtype=torch.bool)
+            block[:, row * p : (row + 1) * p, col * p : (col + 1) * p] = True
+            assert torch.count_nonzero(latents[~block]) == 0
+            expected = model.latent_head.weight.sum(1).reshape(cfg.latent_channels, p, p)  # (C, p, p)
+            torch.testing.assert_close(latents[block].reshape(cfg.latent_channels, p, p), expected)
+
+
+def test_no_latent_branch_and_bad_inputs() -> None:
+    cfg = _config(latent_channels=0)
+    model = BrainIT(cfg, {"a": (torch.randn(10, cfg.embed_dim), torch.zeros(10, dtype=torch.long))})
+    out = model("a", torch.randn(2, 10))
+    assert out.latents is None and model.latent_head is None
+    with pytest.raises(InvalidInputError, match="unknown subject"):
+        model("b", torch.randn(2, 10))
+    with pytest.raises(InvalidInputError, match=r"\(B, 10\)"):
+        model("a", torch.randn(2, 11))
+    with pytest.raises(ConfigError, match="already"):
+        model.add_subject("a", torch.randn(3, cfg.embed_dim), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ConfigError, match="letter"):
+        model.add_subject("sub.1", torch.randn(3, cfg.embed_dim), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(InvalidInputError, match="cluster labels"):
+        model.add_subject("c", torch.randn(3, cfg.embed_dim), torch.full((3,), cfg.n_clusters))
+    shared = model.shared_parameters()
+    assert shared and not any(name.startswith("subjects.") for name in shared)
