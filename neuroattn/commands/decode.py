@@ -277,7 +277,7 @@ def evaluate(
     result = evaluate_run(checkpoint, out, data=data, subject=subject, unclip=unclip, reconstruct=reconstruct,
                           recon_limit=recon_limit, steps=steps, progress=progress)
     metrics = result["metrics"]
-    typer.echo(f"{result['decoder']} ({result['label']}): top-1/300 brain→image "
+    typer.echo(f"{result['decoder']} ({result['label']}): top-1/{result['pool_size']} brain→image "
                f"{metrics['top1_brain_to_image']:.3f}, image→brain {metrics['top1_image_to_brain']:.3f}"
                + (f", PixCorr {metrics['pixcorr']:.3f}, SSIM {metrics['ssim']:.3f}" if "pixcorr" in metrics else ""))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")

@@ -33,7 +33,7 @@ class NSDSimulationConfig:
     """Settings of :func:`simulate_nsd`."""
 
     n_subjects: int = 3
-    n_voxels: int = 2000  # per subject, approximate: each subject gets +-5 % of it
+    n_voxels: int = 6000  # per subject, approximate: each subject gets +-5 % of it
     test_images: int = 300  # images held out, shared by all subjects (like NSD's shared1000)
     repeats: int = 3  # presentations of every image
     semantic_weight: float = 1.0  # relative drive by CLIP features
@@ -42,9 +42,9 @@ class NSDSimulationConfig:
     concept_strength: float = 0.7  # correlation of a concept voxel's signal with its concept indicator
     noise_sd: float = 1.7  # trial noise sd; signal sd has median 1, so median ceiling of 3-trial means ~50 %
     amplitude_spread: float = 0.4  # sd of log signal sd across voxels
-    voxel_size: float = 4.0  # mm
-    smoothness: float = 8.0  # mm, sd of the Gaussian that makes weights of neighbouring voxels similar
-    n_semantic: int = 32  # principal components of the CLIP features used as semantic regressors
+    voxel_size: float = 3.0  # mm
+    smoothness: float = 6.0  # mm, sd of the Gaussian that makes weights of neighbouring voxels similar
+    n_semantic: int = 64  # principal components of the CLIP token grid used as semantic regressors
     n_lowlevel: int = 32  # principal components of the low-level features used as regressors
     seed: int = 0
 
@@ -141,13 +141,8 @@ def _whitened_pcs(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def semantic_inputs(features: ImageFeatures) -> np.ndarray:
-    """Pooled CLIP embedding plus the four quadrant means of the token grid, (N, 5*D)."""
-    n, length, dim = features.tokens.shape
-    grid = round(np.sqrt(length - 1))
-    patches = features.tokens[:, 1:].reshape(n, grid, grid, dim)  # (N, g, g, D)
-    h = grid // 2
-    quads = [patches[:, :h, :h], patches[:, :h, h:], patches[:, h:, :h], patches[:, h:, h:]]
-    return np.concatenate([features.pooled] + [q.mean(axis=(1, 2)) for q in quads], axis=1)
+    """The whole CLIP token grid flattened, (N, L*D): the space decoders retrieve in."""
+    return features.tokens.reshape(len(features.tokens), -1)
 
 
 def build_design(stimuli: StimulusSet, features: ImageFeatures, config: NSDSimulationConfig) -> SimulationDesign:

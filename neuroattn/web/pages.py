@@ -46,5 +46,8 @@ def _register_builtin() -> None:
                 "Harmonize a whole cohort (manifest CSV, BIDS or folder): live status, resume, zip, evaluation."),
         AppPage("report", "Report", ":material/analytics:", "views/report.py",
                 "Read an evaluation: MMD, domain classifier, PSNR/SSIM/Dice vs ground truth, baselines side by side."),
+        AppPage("decode", "Decode", ":material/image_search:", "views/decode.py",
+                "Decode fMRI betas into images: top-k retrieval among the stimuli and diffusion reconstructions.",
+                area="Decoding"),
     ):
         _PAGES.setdefault(page.key, page)

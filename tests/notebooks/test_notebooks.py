@@ -13,6 +13,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 EXPECTED = {
     "harmonization": ("report.html", "metrics.json"),
     "fmri_foundation_models": ("metrics.json", "metrics.csv"),
+    "decoding": ("report.html", "metrics.json"),
 }
 
 

@@ -1,0 +1,154 @@
+"""Decoding targets on simulated data: ridge vs MindEye vs Brain-IT retrieval, new-subject adaptation, reconstructions.
+
+Simulates a data folder (or reuses ``--data``), trains the three decoders on subject 1 (Brain-IT jointly on
+subjects 1-2), adapts Brain-IT to subject 3 with ``--adapt-fraction`` of its training images and compares it
+with Brain-IT trained on subject 3 alone on the same images, then evaluates every run (top-1 among 300 both
+ways, 2-way identification, PixCorr/SSIM of reconstructions against the mean-image baseline). Prints a table and
+writes JSON (``--out``); training throughput (samples/s) comes from each run's trainer summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuroattn.decode.data_bundle import open_decoding_data
+from neuroattn.decode.evaluation_run import evaluate_run
+from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
+from neuroattn.decode.runs import DecodeSettings, adapt_brain_it, train_decoder
+from neuroattn.io.atomic import atomic_write_text
+
+TARGET_TOP1 = 0.8
+
+
+def _throughput(run: Path) -> float | None:
+    """Training samples per second from the trainer's summary, when the run has one."""
+    path = run / "train_summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    seconds = summary.get("seconds")
+    samples = summary.get("steps", 0) * summary.get("config", {}).get("batch_size", 0)
+    return None if not seconds or not samples else round(samples / seconds, 1)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work)
+    data_dir = Path(args.data) if args.data else work / "data"
+    timings: dict[str, float] = {}
+    if not (data_dir / "stimuli.hdf5").is_file():
+        start = time.perf_counter()
+        simulate_dataset(data_dir, SimulateSettings(
+            simulation={"n_voxels": args.voxels, "voxel_size": args.voxel_size},
+            autoencoder_steps=args.generator_steps, variation_steps=args.generator_steps, device=args.device,
+        ), progress=args.progress)
+        timings["simulate_s"] = round(time.perf_counter() - start, 1)
+    data = open_decoding_data(data_dir, progress=args.progress)
+    subjects = data.subject_names
+    common = {"device": args.device, "batch_size": args.batch_size, "log_every": 50}
+    plans = {
+        "ridge": DecodeSettings(model="ridge", subjects=subjects[:1], **common),
+        "mindeye": DecodeSettings(model="mindeye", subjects=subjects[:1], steps=args.steps, lr=args.lr, **common),
+        "brain-it": DecodeSettings(model="brain-it", subjects=subjects[:2], steps=args.steps, lr=args.lr, **common),
+    }
+    runs: dict[str, Path] = {}
+    for name, settings in plans.items():
+        start = time.perf_counter()
+        runs[name] = train_decoder(data, settings, work / "runs" / name, progress=args.progress)
+        timings[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
+    new = subjects[2]
+    few = {"train_fraction": args.adapt_fraction, "subjects": [new]}
+    start = time.perf_counter()
+    runs["brain-it-adapted"] = adapt_brain_it(
+        data, runs["brain-it"], new, DecodeSettings(model="brain-it", steps=args.adapt_steps, lr=args.lr, **few,
+                                                    **common), work / "runs" / "brain-it-adapted",
+        progress=args.progress)
+    timings["adapt_s"] = round(time.perf_counter() - start, 1)
+    runs["brain-it-alone"] = train_decoder(data, DecodeSettings(model="brain-it", steps=args.steps, lr=args.lr, **few,
+                                                                **common), work / "runs" / "brain-it-alone",
+                                           progress=args.progress)
+    results = {}
+    for name, folder in runs.items():
+        start = time.perf_counter()
+        subject = new if name.startswith("brain-it-a") else subjects[0]
+        reconstruct = name in ("mindeye", "brain-it", "ridge")
+        result = evaluate_run(folder, work / "eval" / name, subject=subject, reconstruct=reconstruct,
+                              recon_limit=args.recon_limit, steps=args.recon_steps, progress=args.progress)
+        timings[f"evaluate_{name}_s"] = round(time.perf_counter() - start, 1)
+        results[name] = {"subject": subject, "label": result["label"], "untrained_parts": result["untrained_parts"],
+                         "metrics": result["metrics"], "chance": result["chance"],
+                         "noise_ceiling": result["noise_ceiling"], "train_samples_per_s": _throughput(folder)}
+    m = {k: v["metrics"] for k, v in results.items()}
+    both = ("top1_brain_to_image", "top1_image_to_brain")
+    checks = {
+        **{f"{model}_beats_ridge_top1_both": all(m[model][k] > m["ridge"][k] for k in both)
+           for model in ("mindeye", "brain-it")},
+        **{f"{model}_top1_both_ge_{TARGET_TOP1}": all(m[model][k] >= TARGET_TOP1 for k in both)
+           for model in ("mindeye", "brain-it")},
+        "adaptation_beats_alone_top1_both": all(m["brain-it-adapted"][k] > m["brain-it-alone"][k] for k in both),
+        **{f"{model}_recon_above_mean_image": (m[model]["pixcorr"] > m[model]["pixcorr_mean_image_baseline"]
+                                               and m[model]["ssim"] > m[model]["ssim_mean_image_baseline"])
+           for model in ("mindeye", "brain-it", "ridge")},
+    }
+    return {
+        "benchmark": "decoding",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "data": {"root": str(data_dir), "images": len(data.stimuli), "subjects": {s: data.subject(s).n_voxels
+                                                                                for s in subjects},
+                 "clip": "UNTRAINED tiny random CLIP" if not data.clip_trained else data.clip_info.get("source")},
+        "settings": vars(args) | {"work": str(work)},
+        "results": results,
+        "targets": checks,
+        "timings_s": timings,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    cols = ("top1_brain_to_image", "top1_image_to_brain", "two_way_clip_predicted", "pixcorr", "ssim",
+            "pixcorr_mean_image_baseline", "ssim_mean_image_baseline")
+    print(f"{'decoder':18s}" + "".join(f"{c[:14]:>16s}" for c in cols) + f"{'samples/s':>12s}")
+    for name, r in result["results"].items():
+        vals = [r["metrics"].get(c) for c in cols]
+        print(f"{name:18s}" + "".join(f"{'' if v is None else f'{v:.3f}':>16s}" for v in vals)
+              + f"{r['train_samples_per_s'] or '':>12}")
+    for name, ok in result["targets"].items():
+        print(f"[target] {name}: {'met' if ok else 'MISSED'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_results/decoding.json"))
+    parser.add_argument("--work", default="bench_results/decoding", help="folder for data, runs and evaluations")
+    parser.add_argument("--data", default=None, help="an existing decoding data folder (default: simulate one)")
+    parser.add_argument("--voxels", type=int, default=6000, help="voxels per simulated subject")
+    parser.add_argument("--voxel-size", type=float, default=3.0, help="mm")
+    parser.add_argument("--generator-steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--adapt-steps", type=int, default=300)
+    parser.add_argument("--adapt-fraction", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--recon-limit", type=int, default=50)
+    parser.add_argument("--recon-steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    result = run(args)
+    result["total_s"] = round(time.perf_counter() - start, 1)
+    _print(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {args.out} ({result['total_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
