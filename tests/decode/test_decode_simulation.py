@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -13,7 +14,8 @@ from neuroattn.decode.clip_features import load_clip
 from neuroattn.decode.noise_ceiling import ncsnr, noise_ceiling, noise_ceiling_from_ncsnr
 from neuroattn.errors import ConfigError
 
-CONFIG = NSDSimulationConfig(n_subjects=2, n_voxels=300, test_images=120, n_semantic=8, n_lowlevel=8, seed=0)
+CONFIG = NSDSimulationConfig(n_subjects=2, n_voxels=300, test_images=120, n_semantic=8, n_lowlevel=8, voxel_size=4.0,
+                              smoothness=8.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def test_deterministic_and_validated(data):
     again = simulate_nsd(
         stimuli,
         features,
-        NSDSimulationConfig(n_subjects=1, n_voxels=300, test_images=120, n_semantic=8, n_lowlevel=8, seed=0),
+        dataclasses.replace(CONFIG, n_subjects=1),
     )
     np.testing.assert_array_equal(again.subjects[0].betas, sim.subjects[0].betas)
     with pytest.raises(ConfigError, match="noise_sd"):

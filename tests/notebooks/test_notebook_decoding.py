@@ -27,6 +27,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.Noteboo
         # one BLAS thread in the kernel: spinning OpenBLAS threads on a busy small machine slow ridge 100x
         mp.setenv("OPENBLAS_NUM_THREADS", "1")
         mp.setenv("OMP_NUM_THREADS", "1")
+        # importing streamlit (the app tests, same worker) sets MPLBACKEND=Agg, which would hide the kernel's figures
+        mp.delenv("MPLBACKEND", raising=False)
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                                 resources={"metadata": {"path": str(out)}})
