@@ -9,12 +9,15 @@ in ``failures.csv`` while the others carry on.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +221,24 @@ def run_batch(
     return BatchReport(ordered, out_dir / LEDGER_NAME, failures)
 
 
+@contextlib.contextmanager
+def _plain_main_module() -> Iterator[None]:
+    """Hide a script ``__main__`` while worker processes spawn.
+
+    Spawned processes re-run the parent's ``__main__`` file; under Streamlit that is the page script, which
+    must not run in a worker. A bare module makes them start from the library alone.
+    """
+    saved = sys.modules.get("__main__")
+    if saved is None or not getattr(saved, "__file__", None):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
 def _run_on_dask(
     units: Sequence[WorkUnit],
     fn: Callable[[WorkUnit], dict[str, Any] | None],
@@ -232,8 +253,9 @@ def _run_on_dask(
         raise ConfigError("Dask scheduling needs the 'distributed' package: pip install distributed") from exc
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        with _plain_main_module():
+            cluster = LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
         client = Client(cluster)
     else:
         client = Client(scheduler)

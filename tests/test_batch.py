@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,16 @@ def test_dask_local_cluster_gives_same_outputs(tmp_path: Path) -> None:
     assert [(tmp_path / "out" / f"{k}.txt").read_text() for k in "acd"] == ["2", "6", "8"]
     summary = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
     assert summary["results"][0]["info"] == {"value": 2}
+
+
+def test_dask_workers_do_not_rerun_a_script_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # under Streamlit, __main__ is the page script; spawned Dask workers must not execute it
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('the page script ran in a worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    units = _units(tmp_path, {"a": "1", "c": "3"})
+    report = run_batch(units, double_file, tmp_path / "out", scheduler="local", n_workers=2, progress=False)
+    assert [r.status for r in report.results] == ["done", "done"]
+    assert sys.modules["__main__"] is fake_main
