@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +9,7 @@ import numpy as np
 import typer
 
 from neuroattn.errors import ConfigError
+from neuroattn.io.atomic import atomic_write_csv, atomic_write_json
 
 decode_app = typer.Typer(help="Decode seen images from fMRI (MindEye, Brain-IT, ridge): simulate data, train, "
                               "retrieve, reconstruct, evaluate.", no_args_is_help=True)
@@ -28,33 +26,6 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu | cuda")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 UnclipOpt = Annotated[Path | None, typer.Option("--unclip", help="Local Stable unCLIP pipeline folder (default: the "
                                                                 "data folder's trained generator).")]
-
-
-def _write_json(obj: Any, path: Path) -> Path:
-    from neuroattn.io.atomic import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    from neuroattn.io.atomic import atomic_write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
-
-
-def _open_run(checkpoint: Path, data: Path | None, subject: str | None, progress: bool) -> tuple[Any, Any, str, dict]:
-    """The run's info, its data folder opened with the run's feature extractors, and the subject."""
-    from neuroattn.decode.data_bundle import open_decoding_data
-    from neuroattn.decode.runs import DecodeSettings, read_run_info
-
-    info = read_run_info(checkpoint)
-    settings = DecodeSettings(**info["settings"])
-    bundle = open_decoding_data(data or info["data_root"], settings.feature_source(), progress=progress)
-    return info, bundle, subject or info["subjects"][0], info
 
 
 def _query_betas(bundle: Any, subject: str, fmri: Path | None, mask: Path | None,
@@ -185,12 +156,11 @@ def retrieve(
     from neuroattn.decode.clip_features import retrieval_targets
     from neuroattn.decode.report import save_retrieval_grid
     from neuroattn.decode.retrieval import EmbeddingIndex
-    from neuroattn.decode.runs import load_decoder
+    from neuroattn.decode.runs import open_run
 
     if pool not in ("test", "all"):
         raise ConfigError(f"--pool must be 'test' or 'all', not {pool!r}")
-    _, bundle, subject, _ = _open_run(checkpoint, data, subject, progress)
-    decoder = load_decoder(checkpoint, subject)
+    bundle, subject, decoder = open_run(checkpoint, data, subject, progress=progress)
     betas, seen_ids = _query_betas(bundle, subject, fmri, mask, limit)
     if pool == "test":
         pool_ids = np.unique(bundle.subject(subject).image_ids[bundle.subject(subject).is_test])
@@ -207,7 +177,7 @@ def retrieve(
             entry[f"score_{r + 1}"] = round(float(scores[q, r]), 5)
         table.append(entry)
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, out / "retrieval.csv")
+    atomic_write_csv(out / "retrieval.csv", table)
     grid = save_retrieval_grid(bundle.stimuli.images, found, seen_ids, out / "retrieval.png",
                                untrained=not decoder.trained)
     if seen_ids is not None:
@@ -235,10 +205,9 @@ def reconstruct(
     """Reconstruct seen images from fMRI as PNGs (diffusion from the predicted CLIP embedding + low-level image)."""
     from neuroattn.decode.pipeline import load_reconstructor, reconstruct_images
     from neuroattn.decode.reconstruct import save_pngs
-    from neuroattn.decode.runs import load_decoder
+    from neuroattn.decode.runs import open_run
 
-    _, bundle, subject, _ = _open_run(checkpoint, data, subject, progress)
-    decoder = load_decoder(checkpoint, subject)
+    bundle, subject, decoder = open_run(checkpoint, data, subject, progress=progress)
     betas, seen_ids = _query_betas(bundle, subject, fmri, mask, limit)
     reconstructor = load_reconstructor(bundle.root, unclip)
     images, low = reconstruct_images(decoder, betas, reconstructor, steps=steps, strength=strength,
@@ -251,8 +220,8 @@ def reconstruct(
         save_pngs(bundle.stimuli.images[seen_ids], out / "seen", names)
     labels = {"decoder_trained": decoder.trained, "generator_trained": reconstructor.trained,
               "generator_source": reconstructor.source, "clip_trained": bundle.clip_trained}
-    _write_json({"images": [p.name for p in paths], **labels, "label": "trained" if all(
-        (decoder.trained, reconstructor.trained)) else "UNTRAINED"}, out / "reconstruction.json")
+    label = "trained" if decoder.trained and reconstructor.trained else "UNTRAINED"
+    atomic_write_json(out / "reconstruction.json", {"images": [p.name for p in paths], **labels, "label": label})
     typer.echo(f"wrote {len(paths)} reconstructions to {out}"
                + ("" if decoder.trained and reconstructor.trained else " (UNTRAINED parts: see reconstruction.json)"))
 

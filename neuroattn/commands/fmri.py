@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 import typer
 
 from neuroattn.errors import ConfigError, InvalidInputError
+from neuroattn.io.atomic import atomic_write_csv, atomic_write_json
 
 fmri_app = typer.Typer(help="fMRI foundation models (TABLeT, SLIM-Brain, BrainMAE): tokenize, pretrain, probe, "
                             "evaluate.", no_args_is_help=True)
@@ -86,22 +85,6 @@ def resolve_settings(model: str | None, config: Path | None) -> tuple[Any, FmriP
     return family, pipeline, family.config_from_dict(pipeline.model_config, base=base, where=f"{config}: model_config")
 
 
-def _write_json(obj: Any, path: Path) -> Path:
-    from neuroattn.io.atomic import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    from neuroattn.io.atomic import atomic_write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
-
-
 def _absolute_rois(rois: str) -> str:
     """A label-image path made absolute (runs record it for later probes); atlas names unchanged."""
     return str(Path(rois).resolve()) if Path(rois).is_file() else rois
@@ -144,7 +127,7 @@ def tokenize(
     untrained = family.untrained_parts(model_cfg)
     index = {"model": family.name, "tokenizer": model_cfg.tokenizer.to_dict(), "fingerprint": tokenizer.fingerprint,
              "autoencoder_trained": model_cfg.tokenizer.pretrained, "untrained": untrained, "runs": entries}
-    path = _write_json(index, Path(out) / "index.json")
+    path = atomic_write_json(Path(out) / "index.json", index)
     label = "UNTRAINED autoencoder (random init)" if untrained else "pretrained autoencoder"
     typer.echo(f"tokens of {len(entries)} runs ({label}; {cache.misses} computed, {cache.hits} cached): {path}")
 
@@ -189,7 +172,7 @@ def pretrain(
             "untrained": untrained, "steps": result.steps, "input": str(input),
             "subjects": [r.subject for r in runs], "notes": notes, "pipeline": pipeline.to_dict(),
             "model_config": model_cfg.to_dict(), "checkpoint": str(result.final_dir)}
-    _write_json(info, Path(out) / RUN_INFO)
+    atomic_write_json(Path(out) / RUN_INFO, info)
     state = "trained" if result.finished else "UNFINISHED"
     extra = f"; still untrained: {'; '.join(untrained)}" if untrained else ""
     typer.echo(f"{family.name} ({state}, {result.steps} steps{extra}): {result.final_dir or out}")
@@ -312,7 +295,7 @@ def plot_probes(results: list[dict[str, Any]], path: Path, title: str) -> Path:
 def _features_csv(subjects: list[str], features: np.ndarray, path: Path) -> Path:
     rows = [{"subject": s, **{f"f{j}": f"{v:.7g}" for j, v in enumerate(row)}}
             for s, row in zip(subjects, features, strict=True)]
-    return _write_csv(rows, path)
+    return atomic_write_csv(path, rows)
 
 
 @fmri_app.command("probe")
@@ -344,7 +327,7 @@ def probe(
     payload = {"name": name, "model": family.name, **record, **result.to_dict(), "feature_dim": int(features.shape[1]),
                "n_runs": len(runs), "n_subjects": len({r.subject for r in runs}), "labels": targets.to_dict()}
     Path(out).mkdir(parents=True, exist_ok=True)
-    _write_json(payload, Path(out) / "probe.json")
+    atomic_write_json(Path(out) / "probe.json", payload)
     _features_csv([r.subject for r in runs], features, Path(out) / "features.csv")
     plot_probes([payload], Path(out) / "probe.png", f"{family.name} linear probe of '{label_column}'")
     chance = f" (chance {result.chance:.3f})" if result.chance is not None else ""
@@ -398,11 +381,11 @@ def evaluate(
     Path(out).mkdir(parents=True, exist_ok=True)
     summary = {"input": str(input), "n_runs": len(runs), "n_subjects": len({r.subject for r in runs}),
                "labels": targets.to_dict(), "models": results}
-    _write_json(summary, Path(out) / "metrics.json")
+    atomic_write_json(Path(out) / "metrics.json", summary)
     rows = [{"name": r["name"], "model": r["model"], "trained": r["trained"], "untrained": "; ".join(r["untrained"]),
              "task": r["task"], "score": r["score"], "score_std": float(np.std(r["folds"])), "auc": r["auc"],
              "chance": r["chance"], "folds": len(r["folds"]), "feature_dim": r["feature_dim"]} for r in results]
-    _write_csv(rows, Path(out) / "metrics.csv")
+    atomic_write_csv(Path(out) / "metrics.csv", rows)
     plot_probes(results, Path(out) / "metrics.png", f"linear probes of '{label_column}'")
     typer.echo(f"metrics: {Path(out) / 'metrics.json'}\ntable: {Path(out) / 'metrics.csv'}\n"
                f"plot: {Path(out) / 'metrics.png'}")

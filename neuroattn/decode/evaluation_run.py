@@ -25,17 +25,12 @@ def evaluate_run(checkpoint: str | Path, out: str | Path, *, data: str | Path | 
                  recon_limit: int = 50, steps: int = 20, strength: float = 0.85, seed: int = 0,
                  progress: bool = False) -> dict[str, Any]:
     """Score the run's decoder on the subject's repeat-averaged test responses; writes metrics.json + report.html."""
-    from neuroattn.decode.data_bundle import open_decoding_data
     from neuroattn.decode.evaluate import evaluate_decoder
     from neuroattn.decode.pipeline import load_reconstructor, reconstruct_images
     from neuroattn.decode.reconstruct import save_pngs
-    from neuroattn.decode.runs import DecodeSettings, load_decoder, read_run_info
+    from neuroattn.decode.runs import open_run
 
-    info = read_run_info(checkpoint)
-    settings = DecodeSettings(**info["settings"])
-    bundle = open_decoding_data(data or info["data_root"], settings.feature_source(), progress=progress)
-    subject = subject or info["subjects"][0]
-    decoder = load_decoder(checkpoint, subject)
+    bundle, subject, decoder = open_run(checkpoint, data, subject, progress=progress)
     subject_data = bundle.subject(subject)
     betas, ids = subject_data.averaged(test=True)
     extra: dict[str, float] = {}

@@ -245,3 +245,15 @@ def load_decoder(run_dir: str | Path, subject: str | None = None, *, device: str
     from neuroattn.decode.ridge import RidgeDecoder
 
     return RidgeDecoder.load(run_dir)
+
+
+def open_run(run_dir: str | Path, data: str | Path | None = None, subject: str | None = None, *,
+             progress: bool = False) -> tuple[DecodingData, str, BrainDecoder]:
+    """A run's data folder (``data`` or the run's own, with the run's feature extractors), subject and decoder."""
+    from neuroattn.decode.data_bundle import open_decoding_data
+
+    info = read_run_info(run_dir)
+    settings = DecodeSettings(**info["settings"])
+    bundle = open_decoding_data(data or info["data_root"], settings.feature_source(), progress=progress)
+    subject = subject or info["subjects"][0]
+    return bundle, subject, load_decoder(run_dir, subject)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _default_file_mode() -> int:
@@ -51,3 +55,17 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
 def atomic_write_text(target: str | Path, text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``target`` atomically and return the target path."""
     return atomic_write_bytes(target, text.encode(encoding))
+
+
+def atomic_write_json(target: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (non-JSON values via ``str``) atomically."""
+    return atomic_write_text(target, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_write_csv(target: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write dict rows as CSV (header from the first row's keys) atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(target, buffer.getvalue())

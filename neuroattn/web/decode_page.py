@@ -16,10 +16,10 @@ from neuroattn.decode.data_bundle import DecodingData
 from neuroattn.decode.pipeline import SimulateSettings
 from neuroattn.decode.runs import RUN_INFO, DecodeSettings
 from neuroattn.errors import ConfigError, InvalidInputError
-from neuroattn.io.atomic import atomic_write_bytes, atomic_write_text
+from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.nifti import NIFTI_SUFFIXES
 from neuroattn.web.settings import AppSettings
-from neuroattn.web.uploads import files_named, resolve_inside, sanitize_filename
+from neuroattn.web.uploads import files_named, resolve_inside, sanitize_filename, save_upload
 
 BETAS_SUFFIXES = (".npy", *NIFTI_SUFFIXES)
 QUICK_MODELS = ("ridge", "mindeye")
@@ -165,32 +165,20 @@ class OpenRun:
 
 def open_run(settings: AppSettings, run_dir: Path, subject: str | None = None) -> OpenRun:
     """Open a run folder inside the readable roots with its data folder, which must lie inside them too."""
-    from neuroattn.decode.data_bundle import open_decoding_data
-    from neuroattn.decode.runs import load_decoder, read_run_info
+    from neuroattn.decode.runs import open_run as open_decoding_run
+    from neuroattn.decode.runs import read_run_info
 
     run_dir = resolve_inside(run_dir, settings.readable_roots)
     info = read_run_info(run_dir)
     data_root = resolve_inside(info["data_root"], settings.readable_roots)
-    run_settings = DecodeSettings(**info["settings"])
-    data = open_decoding_data(data_root, run_settings.feature_source())
-    subject = subject or info["subjects"][0]
-    return OpenRun(run_dir, info, data, load_decoder(run_dir, subject), subject)
+    data, subject, decoder = open_decoding_run(run_dir, data_root, subject)
+    return OpenRun(run_dir, info, data, decoder, subject)
 
 
 def save_betas_upload(content: bytes, name: str, folder: Path, *, max_mb: int) -> Path:
-    """Write uploaded betas (``.npy`` or NIfTI) into ``folder`` atomically under their sanitized name.
-
-    Refuses other suffixes and files over ``max_mb`` before writing anything.
-    """
-    safe = sanitize_filename(name)
-    if not safe.endswith(BETAS_SUFFIXES):
-        raise InvalidInputError("expected betas as .npy or a NIfTI (.nii/.nii.gz) file", safe)
-    size_mb = len(content) / 2**20
-    if size_mb > max_mb:
-        raise InvalidInputError(f"upload of {size_mb:.1f} MB is over the {max_mb} MB limit", safe)
-    target = folder / safe
-    atomic_write_bytes(target, content)
-    return target
+    """Write uploaded betas (``.npy`` or NIfTI) into ``folder`` through the app's upload rules."""
+    return save_upload(content, name, folder, max_mb=max_mb, suffixes=BETAS_SUFFIXES,
+                       wrong_type="expected betas as .npy or a NIfTI (.nii/.nii.gz) file")
 
 
 def uploaded_betas(run: OpenRun, betas_path: Path, mask_path: Path | None = None) -> np.ndarray:

@@ -39,14 +39,17 @@ def session_folder(uploads_root: Path, session_id: str) -> Path:
     return folder
 
 
-def save_upload(content: bytes, name: str, folder: Path, *, max_mb: int) -> Path:
-    """Write an uploaded NIfTI into ``folder`` atomically under its sanitized name and return the path.
+def save_upload(content: bytes, name: str, folder: Path, *, max_mb: int,
+                suffixes: tuple[str, ...] = NIFTI_SUFFIXES,
+                wrong_type: str = "not a NIfTI file name (expected .nii or .nii.gz)") -> Path:
+    """Write an upload into ``folder`` atomically under its sanitized name and return the path.
 
-    Refuses files over ``max_mb`` and names without a NIfTI suffix before writing anything.
+    Refuses files over ``max_mb`` and names without one of ``suffixes`` (default: NIfTI; ``wrong_type`` says
+    so) before writing anything.
     """
     safe = sanitize_filename(name)
-    if not safe.endswith(NIFTI_SUFFIXES):
-        raise InvalidInputError("not a NIfTI file name (expected .nii or .nii.gz)", safe)
+    if not safe.endswith(suffixes):
+        raise InvalidInputError(wrong_type, safe)
     size_mb = len(content) / 2**20
     if size_mb > max_mb:
         raise InvalidInputError(f"upload of {size_mb:.1f} MB is over the {max_mb} MB limit", safe)
