@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from neuroattn.data.nsd import ROI_NAMES, SubjectData, zscore_by_training
+from neuroattn.data.pca import WhitenedPCA
 from neuroattn.data.stimuli import StimulusSet, save_stimuli
 from neuroattn.decode.clip_features import ImageFeatures, lowlevel_features
 from neuroattn.decode.noise_ceiling import noise_ceiling_from_ncsnr
@@ -46,6 +47,8 @@ class NSDSimulationConfig:
     smoothness: float = 6.0  # mm, sd of the Gaussian that makes weights of neighbouring voxels similar
     n_semantic: int = 64  # principal components of the CLIP token grid used as semantic regressors
     n_lowlevel: int = 32  # principal components of the low-level features used as regressors
+    tuning_axes: int = 0  # >0: voxel weights mix this many tuning axes per ROI, shared by all subjects; 0: isotropic
+    tuning_specific: float = 0.15  # with tuning_axes: share of each voxel's weight variance that is its own
     seed: int = 0
 
     def validate(self) -> None:
@@ -63,6 +66,8 @@ class NSDSimulationConfig:
             "smoothness": self.smoothness > 0,
             "n_semantic": self.n_semantic >= 1,
             "n_lowlevel": self.n_lowlevel >= 1,
+            "tuning_axes": self.tuning_axes >= 0,
+            "tuning_specific": 0 <= self.tuning_specific <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -126,20 +131,6 @@ class SimulatedNSD:
     config: NSDSimulationConfig = field(default_factory=NSDSimulationConfig)
 
 
-def _whitened_pcs(x: np.ndarray, k: int) -> np.ndarray:
-    """First ``k`` principal component scores of (N, F), each scaled to unit variance over N."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x - x.mean(axis=0)
-    sd = x.std(axis=0)
-    x = x / np.where(sd > 0, sd, 1.0)
-    evals, evecs = np.linalg.eigh(x.T @ x)  # (F,), (F, F) ascending; cheaper than an SVD of (N, F)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    k = min(k, int((evals > 1e-8 * evals[0]).sum()))
-    scores = x @ evecs[:, :k]  # (N, k)
-    return (scores - scores.mean(axis=0)) / scores.std(axis=0)
-
-
 def semantic_inputs(features: ImageFeatures) -> np.ndarray:
     """The whole CLIP token grid flattened, (N, L*D): the space decoders retrieve in."""
     return features.tokens.reshape(len(features.tokens), -1)
@@ -157,8 +148,8 @@ def build_design(stimuli: StimulusSet, features: ImageFeatures, config: NSDSimul
     share = matrix.mean(axis=0)
     keep = (share >= CONCEPT_MIN_SHARE) & (share <= CONCEPT_MAX_SHARE)
     return SimulationDesign(
-        semantic=_whitened_pcs(semantic_inputs(features), config.n_semantic),
-        lowlevel=_whitened_pcs(lowlevel_features(stimuli.images), config.n_lowlevel),
+        semantic=WhitenedPCA(config.n_semantic).fit_transform(semantic_inputs(features)),
+        lowlevel=WhitenedPCA(config.n_lowlevel).fit_transform(lowlevel_features(stimuli.images)),
         concepts=[t for t, k in zip(vocab, keep, strict=True) if k],
         concept_matrix=matrix[:, keep],
         test_image_ids=np.sort(rng.choice(len(stimuli), size=config.test_images, replace=False)).astype(np.int64),
@@ -234,14 +225,36 @@ def _concept_voxels(mm: np.ndarray, roi: np.ndarray, n_concepts: int, fraction: 
     return concept
 
 
+def _voxel_weights(
+    kernel: np.ndarray, roi: np.ndarray, n_features: int, config: NSDSimulationConfig, rng: np.random.Generator,
+    stream: int,
+) -> np.ndarray:
+    """(V, n_features) unit weight rows, spatially smooth.
+
+    Isotropic (``tuning_axes == 0``): each voxel's direction is a smoothed Gaussian draw. Otherwise, as in
+    cortex, tuning is low-dimensional: every ROI has ``tuning_axes`` axes shared by all subjects (drawn from
+    the config seed alone), a voxel mixes its ROI's axes with smooth subject-specific coefficients, and
+    ``tuning_specific`` of its weight variance is its own.
+    """
+    n_vox = len(roi)
+    if config.tuning_axes == 0:
+        return _unit_rows(kernel @ rng.standard_normal((n_vox, n_features)))
+    shared_rng = np.random.default_rng([config.seed, 1000 + stream])
+    axes = shared_rng.standard_normal((max(ROI_NAMES) + 1, config.tuning_axes, n_features))  # (R, A, F)
+    coef = kernel @ rng.standard_normal((n_vox, config.tuning_axes))  # (V, A)
+    shared = _unit_rows(np.einsum("va,vaf->vf", coef, axes[roi.astype(np.int64)]))
+    own = _unit_rows(kernel @ rng.standard_normal((n_vox, n_features)))
+    return _unit_rows(np.sqrt(1 - config.tuning_specific) * shared + np.sqrt(config.tuning_specific) * own)
+
+
 def _simulate_subject(
     name: str, design: SimulationDesign, config: NSDSimulationConfig, rng: np.random.Generator
 ) -> tuple[SubjectData, SubjectTruth]:
     mm, roi = visual_voxels(config, rng)
     n_vox, n_img = len(mm), len(design.semantic)
     kernel = _smooth_field(mm, config.smoothness)
-    w_sem = _unit_rows(kernel @ rng.standard_normal((n_vox, design.semantic.shape[1])))  # (V, ks)
-    w_low = _unit_rows(kernel @ rng.standard_normal((n_vox, design.lowlevel.shape[1])))  # (V, kl)
+    w_sem = _voxel_weights(kernel, roi, design.semantic.shape[1], config, rng, stream=0)  # (V, ks)
+    w_low = _voxel_weights(kernel, roi, design.lowlevel.shape[1], config, rng, stream=1)  # (V, kl)
     frac = np.array([LOWLEVEL_FRACTION[int(r)] for r in roi])
     low_share = config.lowlevel_weight * frac
     sem_share = config.semantic_weight * (1 - frac)

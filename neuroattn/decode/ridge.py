@@ -25,6 +25,30 @@ def default_alphas() -> list[float]:
     return [float(a) for a in np.logspace(-1, 6, 15)]
 
 
+def solve_ridge_cv(
+    xc: np.ndarray, yc: np.ndarray, alphas: list[float], cv, *, local_alpha: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge without intercept on centred ``xc`` (n, F) -> ``yc`` (n, T), penalty chosen by CV (himalaya, SVD).
+
+    ``cv`` is a fold count or a list of (train, test) index pairs; ``local_alpha`` picks one penalty per target
+    column instead of one for all. Returns the chosen penalties (T,) (or (1,)), coefficients (F, T) and the CV
+    R^2 (T,) at them, all float64.
+    """
+    from himalaya.ridge import solve_ridge_cv_svd
+    from himalaya.scoring import r2_score
+
+    # small problems: extra BLAS threads only contend with other work (100x slower seen); large ones use them
+    threads = 1 if xc.size < SMALL_PROBLEM else None
+    with threadpool_limits(threads):
+        chosen, coef, scores = solve_ridge_cv_svd(
+            np.asarray(xc, dtype=np.float64), np.asarray(yc, dtype=np.float64),
+            alphas=np.asarray(alphas, dtype=np.float64), fit_intercept=False, cv=cv, local_alpha=local_alpha,
+            warn=False, score_func=r2_score,
+        )
+    return (np.asarray(chosen, dtype=np.float64).reshape(-1), np.asarray(coef, dtype=np.float64),
+            np.asarray(scores, dtype=np.float64).reshape(-1))
+
+
 @dataclass
 class RidgeConfig:
     """Hyper-parameters of :class:`RidgeDecoder`."""
@@ -102,20 +126,11 @@ class RidgeDecoder:
         return list(folds.split(np.zeros(n), groups=groups))
 
     def _fit_head(self, xc: np.ndarray, y: np.ndarray, cv) -> _Head:
-        from himalaya.ridge import solve_ridge_cv_svd
-        from himalaya.scoring import r2_score
-
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)  # (N, T)
         y_mean = y.mean(axis=0)
-        # small problems: extra BLAS threads only contend with other work (100x slower seen); large ones use them
-        threads = 1 if xc.size < SMALL_PROBLEM else None
-        with threadpool_limits(threads):
-            alphas, coef, cv_scores = solve_ridge_cv_svd(
-                xc, y - y_mean, alphas=np.asarray(self.config.alphas, dtype=np.float64), fit_intercept=False,
-                cv=cv, local_alpha=self.config.alpha_per_target, warn=False, score_func=r2_score,
-            )
-        return _Head(np.asarray(coef, dtype=np.float32), y_mean.astype(np.float32),
-                     np.asarray(alphas, dtype=np.float64), float(np.mean(np.asarray(cv_scores))))
+        alphas, coef, cv_scores = solve_ridge_cv(xc, y - y_mean, self.config.alphas, cv,
+                                                 local_alpha=self.config.alpha_per_target)
+        return _Head(coef.astype(np.float32), y_mean.astype(np.float32), alphas, float(np.mean(cv_scores)))
 
     def fit(
         self,

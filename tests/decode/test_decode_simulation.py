@@ -158,3 +158,22 @@ def test_deterministic_and_validated(data):
         simulate_nsd(stimuli, features, NSDSimulationConfig(noise_sd=0.0))
     with pytest.raises(ConfigError, match="test_images"):
         simulate_nsd(stimuli, features, NSDSimulationConfig(test_images=len(stimuli)))
+
+
+def test_tuning_axes_make_weights_low_rank_and_shared_across_subjects(data):
+    stimuli, features, _ = data
+    config = dataclasses.replace(CONFIG, n_semantic=16, tuning_axes=3, tuning_specific=0.0, concept_fraction=0.0)
+    sim = simulate_nsd(stimuli, features, config)
+    spans = []
+    for subject, truth in zip(sim.subjects, sim.truth, strict=True):
+        v1 = truth.semantic_weights[subject.roi == 1].astype(np.float64)  # (V1, 16)
+        sv = np.linalg.svd(v1, compute_uv=False)
+        assert sv[3] < 1e-5 * sv[0]  # exactly rank 3 without a voxel-specific part
+        spans.append(np.linalg.svd(v1, full_matrices=False)[2][:3])  # (3, 16) row space
+    overlap = np.linalg.svd(spans[0] @ spans[1].T, compute_uv=False)  # cosines of principal angles
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)  # both subjects' V1 tuning spans the same 3 axes
+    iso = simulate_nsd(stimuli, features, dataclasses.replace(config, tuning_axes=0))
+    sv_iso = np.linalg.svd(iso.truth[0].semantic_weights[iso.subjects[0].roi == 1], compute_uv=False)
+    assert sv_iso[3] > 0.1 * sv_iso[0]  # isotropic tuning is full rank
+    with pytest.raises(ConfigError):
+        NSDSimulationConfig(tuning_specific=1.5).validate()
