@@ -11,6 +11,7 @@ import typer
 
 from neuroattn.commands.bench import bench_app
 from neuroattn.commands.decode import decode_app
+from neuroattn.commands.encode import encode_app
 from neuroattn.commands.fmri import fmri_app
 from neuroattn.commands.harmonize import harmonize_app
 from neuroattn.errors import NeuroattnError
@@ -28,6 +29,7 @@ app.add_typer(harmonize_app, name="harmonize")
 app.add_typer(bench_app, name="bench")
 app.add_typer(fmri_app, name="fmri")
 app.add_typer(decode_app, name="decode")
+app.add_typer(encode_app, name="encode")
 
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")]

@@ -66,8 +66,8 @@ class Scene:
     def description(self) -> str:
         parts = [s.phrase() for s in self.shapes]
         joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        texture = "" if self.texture == "plain" else f" {self.texture}"
-        return f"{joined}, on a {self.background}{texture} background"
+        background = f"plain {self.background}" if self.texture == "plain" else f"{self.background} {self.texture}"
+        return f"a scene of {joined}, on a {background} background"
 
     def concepts(self) -> tuple[str, ...]:
         tags: list[str] = []

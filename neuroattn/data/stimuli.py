@@ -21,24 +21,24 @@ IMAGE_DATASET = "imgBrick"  # NSD's dataset name inside nsd_stimuli.hdf5
 
 # Bundled photos that load without network: (loader, name) -> (phrase, concept tags)
 PHOTOS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
-    ("skimage", "astronaut"): ("an astronaut", ("person", "astronaut")),
+    ("skimage", "astronaut"): ("an astronaut, a person in a space suit", ("person", "astronaut")),
     ("skimage", "coffee"): ("a cup of coffee", ("cup", "coffee")),
-    ("skimage", "chelsea"): ("a cat", ("cat", "animal")),
-    ("skimage", "rocket"): ("a rocket", ("rocket", "sky")),
-    ("skimage", "camera"): ("a cameraman", ("person", "camera", "greyscale")),
+    ("skimage", "chelsea"): ("a cat, an animal", ("cat", "animal")),
+    ("skimage", "rocket"): ("a rocket against the sky", ("rocket", "sky")),
+    ("skimage", "camera"): ("a person with a camera", ("person", "camera", "greyscale")),
     ("skimage", "coins"): ("coins", ("coins", "greyscale")),
-    ("skimage", "horse"): ("a horse silhouette", ("horse", "animal", "greyscale")),
-    ("skimage", "moon"): ("the moon's surface", ("moon", "space", "greyscale")),
-    ("skimage", "brick"): ("a brick wall", ("brick", "texture", "greyscale")),
-    ("skimage", "grass"): ("grass", ("grass", "texture", "greyscale")),
-    ("skimage", "gravel"): ("gravel", ("gravel", "texture", "greyscale")),
-    ("skimage", "hubble_deep_field"): ("distant galaxies", ("galaxies", "space")),
-    ("skimage", "immunohistochemistry"): ("stained tissue", ("cells", "microscopy")),
-    ("skimage", "retina"): ("a retina", ("eye", "retina")),
+    ("skimage", "horse"): ("a horse silhouette, an animal", ("horse", "animal", "greyscale")),
+    ("skimage", "moon"): ("the moon's surface in space", ("moon", "space", "greyscale")),
+    ("skimage", "brick"): ("a brick wall texture", ("brick", "texture", "greyscale")),
+    ("skimage", "grass"): ("a grass texture", ("grass", "texture", "greyscale")),
+    ("skimage", "gravel"): ("a gravel texture", ("gravel", "texture", "greyscale")),
+    ("skimage", "hubble_deep_field"): ("distant galaxies in space", ("galaxies", "space")),
+    ("skimage", "immunohistochemistry"): ("stained tissue cells in microscopy", ("cells", "microscopy")),
+    ("skimage", "retina"): ("the retina of an eye", ("eye", "retina")),
     ("skimage", "clock"): ("a clock", ("clock", "greyscale")),
-    ("skimage", "cell"): ("a cell", ("cells", "microscopy", "greyscale")),
-    ("sklearn", "china"): ("a temple", ("building", "temple")),
-    ("sklearn", "flower"): ("a flower", ("flower", "plant")),
+    ("skimage", "cell"): ("cells in microscopy", ("cells", "microscopy", "greyscale")),
+    ("sklearn", "china"): ("a temple building", ("building", "temple")),
+    ("sklearn", "flower"): ("a flower, a plant", ("flower", "plant")),
 }
 COLOUR_SHIFTS = {  # name -> per-channel RGB gain
     "warmer": (1.15, 1.0, 0.85),
@@ -153,7 +153,8 @@ def _photo_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str, s
         crop = crop * np.array(COLOUR_SHIFTS[shift], dtype=np.float32)
         notes.append(f"{shift} colours")
     image = np.clip(np.round(crop), 0, 255).astype(np.uint8)
-    description = f"a crop of a photo of {phrase}" + (", " + ", ".join(notes) if notes else "")
+    grey = "greyscale " if "greyscale" in tags else ""
+    description = f"a crop of a {grey}photo of {phrase}" + (", " + ", ".join(notes) if notes else "")
     return image, description, f"{loader}:{name}", (*tags, "photo")
 
 

@@ -191,6 +191,55 @@ class MultiHeadAttention(nn.Module):
         out = self.proj_drop(self.out_proj(out))  # (B, *S, C)
         return out.reshape(*x.shape[:-1], self.dim)  # layout of x
 
+    def attention_weights(
+        self, x: Tensor, *, context: Tensor | None = None, key_padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """Softmax attention probabilities of the Dense path, for interpretation (no dropout, no output).
+
+        Uses the same q/k projections, q/k norm, rotary embedding, grouped-query head sharing, causal and
+        padding masks as :meth:`forward`, so ``weights @ v`` equals the forward pass before ``out_proj``.
+
+        Parameters
+        ----------
+        x : ``(B, N, dim)`` query tokens, or a channels-last grid ``(B, *S, dim)`` (flattened in raster order).
+        context : ``(B, M, context_dim)`` key/value tokens for cross-attention; default ``x`` itself.
+        key_padding_mask : bool ``(B, M)``, True = attend to that key; masked keys get weight exactly 0.
+
+        Returns
+        -------
+        Tensor ``(B, heads, N, M)``; each row sums to 1 over the keys.
+        """
+        if not isinstance(self.spec, Dense):
+            raise ValueError(f"attention_weights is defined for Dense specs only, not {type(self.spec).__name__}")
+        grid = self._grid(x, None)  # (B, *S, C)
+        batch = grid.shape[0]
+        q = self.q_proj(grid).unflatten(-1, (self.heads, self.head_dim)).movedim(-2, 1)  # (B, h, *S, hd)
+        if context is not None:
+            if self.rope is not None:
+                raise ValueError("rope is defined for self-attention only, not with context")
+            if context.dim() != 3 or context.shape[0] != batch:
+                raise ValueError(f"context must be (B={batch}, M, context_dim), got shape {tuple(context.shape)}")
+        kv_in = grid if context is None else context  # (B, *Skv, Cc)
+        kv = self.kv_proj(kv_in).unflatten(-1, (2, self.kv_heads, self.head_dim))  # (B, *Skv, 2, kvh, hd)
+        k = kv.movedim(-2, 1).unbind(dim=-2)[0]  # (B, kvh, *Skv, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q, k)
+        q = q.flatten(2, -2)  # (B, h, N, hd)
+        k = k.flatten(2, -2).repeat_interleave(self.heads // self.kv_heads, dim=1)  # (B, h, M, hd)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, h, N, M)
+        n, m = scores.shape[-2:]
+        allowed = torch.ones(n, m, dtype=torch.bool, device=q.device)
+        if self.spec.causal:
+            allowed = allowed.tril()
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (batch, m):
+                raise ValueError(f"key_padding_mask must be ({batch}, {m}), got {tuple(key_padding_mask.shape)}")
+            allowed = allowed & key_padding_mask.bool()[:, None, None, :]  # (B, 1, N, M)
+        if not bool(allowed.any(dim=-1).all()):
+            raise ValueError("the masks leave some query with no key to attend to; its attention is undefined")
+        return scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)  # (B, h, N, M)
+
     def _explicit(
         self, q: Tensor, k: Tensor, v: Tensor, spatial: tuple[int, ...], key_padding_mask: Tensor | None
     ) -> Tensor:

@@ -106,3 +106,10 @@ def test_save_load_round_trip(tmp_path):
     # resizing keeps the picture: the 32 px version tracks the block-averaged original
     pooled = stim.images.reshape(24, 32, 2, 32, 2, 3).mean(axis=(2, 4))
     assert np.abs(small.images.astype(float) - pooled).mean() < 8
+
+
+def test_every_concept_tag_is_named_in_its_description(big_set):
+    """Captions are the stimulus set's own descriptions offline, so a tag a voxel prefers must be sayable."""
+    for text, tags in zip(big_set.descriptions, big_set.concepts, strict=True):
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        assert set(tags) <= words, (text, set(tags) - words)

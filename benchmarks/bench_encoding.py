@@ -1,0 +1,135 @@
+"""Encoding targets on simulated data: BraInCoRL vs ridge as in-context images grow; LaVCa captions vs top image.
+
+Simulates the encoding data folder (``pipelines/encode/simulate.yaml``, or reuses ``--data``), meta-trains
+BraInCoRL on every subject but the last, and for the held-out subject compares, on its 300 test images:
+BraInCoRL given k of its training images in context, ridge fit on the same k images, and ridge fit on all of
+them (k = 10 ... 500, several random draws). Then LaVCa describes the held-out subject's voxels (ridge
+encoder, stimulus descriptions as captions, keyword composer), scored by Spearman against a top-image-caption
+baseline and a shuffled control, with the rate at which a planted concept voxel's sentence names its concept.
+Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
+from neuroattn.encode.run_outputs import evaluate_encoding_run
+from neuroattn.encode.runs import EncodeSettings, fit_encoder, open_run
+from neuroattn.io.atomic import atomic_write_text
+from neuroattn.pipelines import load_pipeline_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_EV_SHARE = 0.9  # BraInCoRL at k = 100 vs ridge on all of the subject's images
+
+
+def _targets(curve: list[dict[str, Any]], captions: dict[str, Any]) -> dict[str, Any]:
+    at_100 = next((row for row in curve if row["k"] == 100), None)
+    small = [row for row in curve if row["k"] <= 100]
+    share = None if at_100 is None else at_100["braincorl_ev"] / at_100["ridge_full_ev"]
+    sp = captions["spearman"]
+    return {
+        "braincorl_k100_ev_share_of_full_ridge": share,
+        "braincorl_k100_reaches_90pct": None if share is None else bool(share >= TARGET_EV_SHARE),
+        "braincorl_beats_ridge_every_k_le_100": bool(all(r["braincorl_ev"] > r["ridge_ev"] for r in small)),
+        "lavca_spearman_above_top_image": bool(sp["lavca_mean"] > sp["baseline_mean"]),
+        "concept_naming_rate": captions.get("concept_naming_rate"),
+        "concept_naming_rate_selective": captions.get("concept_naming_rate_selective"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work)
+    data_dir = Path(args.data) if args.data else work / "data"
+    timings: dict[str, float] = {}
+    if not (data_dir / "stimuli.hdf5").is_file():
+        start = time.perf_counter()
+        settings = load_pipeline_config(ROOT / "pipelines" / "encode" / "simulate.yaml", SimulateSettings)
+        settings.device = args.device
+        simulate_dataset(data_dir, settings, progress=args.progress)
+        timings["simulate_s"] = round(time.perf_counter() - start, 1)
+    base = load_pipeline_config(ROOT / "pipelines" / "encode" / "braincorl-small.yaml", EncodeSettings)
+    base.meta_steps, base.device, base.curve_seeds = args.meta_steps, args.device, args.seeds
+    data = base.open_data(data_dir, progress=args.progress)
+
+    start = time.perf_counter()
+    bc_run = fit_encoder(data, base, work / "braincorl", progress=args.progress)
+    timings["braincorl_fit_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    bc_metrics = evaluate_encoding_run(open_run(bc_run), work / "braincorl-eval", figures=True,
+                                       progress=args.progress)
+    timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
+
+    lavca = load_pipeline_config(ROOT / "pipelines" / "encode" / "lavca.yaml", EncodeSettings)
+    start = time.perf_counter()
+    lavca_run = fit_encoder(data, lavca, work / "lavca", progress=args.progress)
+    opened = open_run(lavca_run)
+    lavca_metrics = evaluate_encoding_run(opened, work / "lavca-eval", curve=False, captions=True, figures=False,
+                                          progress=args.progress)
+    timings["lavca_fit_caption_evaluate_s"] = round(time.perf_counter() - start, 1)
+    captions = lavca_metrics["captions"]
+    return {
+        "benchmark": "encoding",
+        "command": "python benchmarks/bench_encoding.py " + " ".join(args.argv),
+        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "device": args.device},
+        "data": {"root": str(data_dir), "subjects": data.subject_names, "held_out": opened.subject.name,
+                 "n_voxels": opened.subject.n_voxels, "n_train_images": len(opened.subject.train_ids),
+                 "n_test_images": len(opened.subject.test_ids), "features": data.features.info,
+                 "median_noise_ceiling_pct": float(np.median(opened.subject.noise_ceiling)),
+                 "simulation": data.decoding.simulation()["config"] if data.decoding.simulation() else None},
+        "untrained": opened.untrained_parts(),
+        "braincorl": {"meta_steps": args.meta_steps, "config": base.braincorl, "meta_training": base.meta_training,
+                      "fit_k": base.k, "rois": bc_metrics["rois"], "curve": bc_metrics["in_context_curve"]},
+        "ridge_all_images": {"rois": lavca_metrics["rois"]},
+        "lavca": captions,
+        "targets": _targets(bc_metrics["in_context_curve"], captions),
+        "timings_s": timings,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"held-out {result['data']['held_out']}: {result['data']['n_voxels']} voxels, median noise ceiling "
+          f"{result['data']['median_noise_ceiling_pct']:.1f}%  [untrained: {', '.join(result['untrained']) or '-'}]")
+    print(f"{'k':>5} | {'BraInCoRL EV':>12} | {'ridge(k) EV':>11} | {'ridge(all) EV':>13} | {'BraInCoRL r':>11} | "
+          f"{'ridge(k) r':>10}")
+    for row in result["braincorl"]["curve"]:
+        print(f"{row['k']:>5} | {row['braincorl_ev']:>12.3f} | {row['ridge_ev']:>11.3f} | "
+              f"{row['ridge_full_ev']:>13.3f} | {row['braincorl_r']:>11.3f} | {row['ridge_r']:>10.3f}")
+    sp = result["lavca"]["spearman"]
+    print(f"LaVCa Spearman {sp['lavca_mean']:.3f} | top-image caption {sp['baseline_mean']:.3f} | "
+          f"shuffled {sp['shuffled_mean']:.3f}")
+    lavca = result["lavca"]
+    print(f"planted concept named: {lavca.get('concept_naming_rate')} of {lavca.get('n_concept_voxels')} concept "
+          f"voxels (chance {lavca.get('concept_chance_rate')}; "
+          f"reliable half {lavca.get('concept_naming_rate_selective')})")
+    print(json.dumps(result["targets"], indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="bench_results/encoding", help="Folder for the data and runs.")
+    parser.add_argument("--data", default=None, help="Reuse this data folder (default: simulate into --work).")
+    parser.add_argument("--meta-steps", type=int, default=1500, help="BraInCoRL meta-training steps.")
+    parser.add_argument("--seeds", type=int, default=3, help="Random support draws per k.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="benchmarks/results/encoding.json")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    result = run(args)
+    _print(result)
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

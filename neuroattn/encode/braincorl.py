@@ -1,0 +1,176 @@
+"""BraInCoRL: a transformer that reads a voxel's (image, response) support set and writes its linear encoder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from neuroattn.attention import Dense
+from neuroattn.errors import ConfigError
+from neuroattn.io.checkpoints import load_model
+from neuroattn.nn.transformer import Mlp, TransformerBlock
+
+MODEL_CLASS = "BraInCoRL"
+
+
+@dataclass
+class BraInCoRLConfig:
+    """Shape of the in-context encoder; saved in every checkpoint so the model is rebuilt from it alone."""
+
+    embedding_dim: int  # D, width of the image embeddings the voxel encoders act on
+    dim: int = 64  # token width
+    depth: int = 4  # transformer blocks
+    heads: int = 4  # attention heads per block
+    n_registers: int = 4  # learned read-out tokens
+    mlp_ratio: float = 4.0  # SwiGLU hidden width / dim (2/3 of it, as in TransformerBlock)
+    head_hidden: int = 256  # hidden width of the register -> encoder-weights MLP
+    eps: float = 1e-6  # floor of a support set's response std (response units), for constant responses
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "dim", "depth", "heads", "n_registers", "head_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
+        if self.dim % self.heads:
+            raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
+        if not self.mlp_ratio > 0 or not self.eps > 0:
+            raise ConfigError(f"'mlp_ratio' and 'eps' must be > 0. {self.mlp_ratio!r}, {self.eps!r} were provided.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def support_stats(responses: Tensor, mask: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Mean and std (population, floored at ``eps``) of each row of ``responses`` ``(B, k)`` over ``mask``.
+
+    Returns two ``(B,)`` tensors.
+    """
+    valid = mask.to(responses.dtype)  # (B, k)
+    count = valid.sum(dim=1).clamp_min(1.0)  # (B,)
+    mean = (responses * valid).sum(dim=1) / count  # (B,)
+    var = (((responses - mean[:, None]) * valid) ** 2).sum(dim=1) / count  # (B,)
+    return mean, var.sqrt().clamp_min(eps)
+
+
+class BraInCoRL(nn.Module):
+    """In-context voxel encoder (hypernetwork): support set of one voxel -> weights of its linear encoder.
+
+    Each support pair becomes a token ``Linear(embedding ‖ z) + type``, where ``z`` is the response
+    standardised over the voxel's own support set (mean/std of the valid entries). ``n_registers`` learned
+    tokens join them; Dense self-attention blocks (SwiGLU MLPs) mix everything, padded support entries
+    being masked out as keys; the registers are read out by an MLP into ``(w, b)`` of a linear model of
+    ``z``, which is mapped back to the response's own units: ``weights = std * w``, ``bias = std * b + mean``.
+    Without positional codes the output is invariant to the order of the support set, and the
+    standardisation makes it equivariant to ``responses * c + d`` for ``c > 0``.
+
+    Parameters
+    ----------
+    config : :class:`BraInCoRLConfig`.
+    """
+
+    def __init__(self, config: BraInCoRLConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, dim = config.embedding_dim, config.dim
+        self.token_proj = nn.Linear(d + 1, dim)
+        self.support_type = nn.Parameter(torch.zeros(dim))
+        self.registers = nn.Parameter(0.02 * torch.randn(config.n_registers, dim))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, config.heads, Dense(), config.mlp_ratio, mlp="swiglu") for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = Mlp(config.n_registers * dim, config.head_hidden, d + 1)
+
+    def _check(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None) -> Tensor:
+        d = self.config.embedding_dim
+        if embeddings.dim() != 3 or embeddings.shape[-1] != d:
+            raise ValueError(f"embeddings must be (B, k, {d}), got shape {tuple(embeddings.shape)}")
+        if responses.shape != embeddings.shape[:2]:
+            raise ValueError(f"responses must be {tuple(embeddings.shape[:2])}, got {tuple(responses.shape)}")
+        if mask is None:
+            return torch.ones(responses.shape, dtype=torch.bool, device=responses.device)
+        if mask.shape != responses.shape:
+            raise ValueError(f"mask must be {tuple(responses.shape)}, got {tuple(mask.shape)}")
+        mask = mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every voxel needs at least one valid support pair (a mask row is all False)")
+        return mask
+
+    def encode_support(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The transformer's input: tokens ``(B, R + k, dim)``, key mask ``(B, R + k)`` and the support stats.
+
+        Padded entries are zeroed first, so whatever they hold (even NaN) cannot reach a valid token.
+        """
+        mask = self._check(embeddings, responses, mask)
+        embeddings = torch.where(mask[..., None], embeddings, torch.zeros((), dtype=embeddings.dtype))
+        responses = torch.where(mask, responses, torch.zeros((), dtype=responses.dtype))
+        mean, std = support_stats(responses, mask, self.config.eps)  # (B,) each
+        z = torch.where(mask, (responses - mean[:, None]) / std[:, None], torch.zeros((), dtype=responses.dtype))
+        support = self.token_proj(torch.cat([embeddings, z[..., None]], dim=-1)) + self.support_type  # (B, k, dim)
+        batch, n_reg = support.shape[0], self.config.n_registers
+        registers = self.registers.expand(batch, n_reg, -1).to(support.dtype)  # (B, R, dim)
+        tokens = torch.cat([registers, support], dim=1)  # (B, R + k, dim)
+        keys = torch.cat([torch.ones(batch, n_reg, dtype=torch.bool, device=mask.device), mask], dim=1)
+        return {"tokens": tokens, "key_mask": keys, "mean": mean, "std": std}
+
+    def forward(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Build each voxel's linear encoder from its support set.
+
+        Parameters
+        ----------
+        embeddings : ``(B, k, D)`` support image embeddings (one support set per voxel ``b``).
+        responses : ``(B, k)`` the voxel's measured responses to those images.
+        mask : bool ``(B, k)``, True = valid pair (padding lets one batch hold support sets of any size).
+
+        Returns
+        -------
+        weights ``(B, D)`` and bias ``(B,)`` in the responses' units: ``pred = x @ weights[b] + bias[b]``.
+        """
+        inputs = self.encode_support(embeddings, responses, mask)
+        x = inputs["tokens"]
+        for block in self.blocks:
+            x = block(x, key_padding_mask=inputs["key_mask"])  # (B, R + k, dim)
+        registers = self.norm(x[:, : self.config.n_registers]).flatten(1)  # (B, R * dim)
+        out = self.head(registers)  # (B, D + 1) in standardised units
+        std, mean = inputs["std"][:, None], inputs["mean"]
+        return out[:, :-1] * std, out[:, -1] * std[:, 0] + mean
+
+    @torch.no_grad()
+    def support_attention(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> Tensor:
+        """How much the registers attend to each support pair, averaged over registers, heads and blocks.
+
+        Each block's register-query rows of :meth:`MultiHeadAttention.attention_weights` are restricted to
+        the support keys and renormalised over them, then averaged. Returns ``(B, k)``: rows sum to 1 over
+        the valid pairs and padded pairs get exactly 0.
+        """
+        inputs = self.encode_support(embeddings, responses, mask)
+        x, keys, n_reg = inputs["tokens"], inputs["key_mask"], self.config.n_registers
+        total = torch.zeros(x.shape[0], x.shape[1] - n_reg, dtype=x.dtype, device=x.device)  # (B, k)
+        for block in self.blocks:
+            weights = block.attn.attention_weights(block.norm1(x), key_padding_mask=keys)  # (B, h, R+k, R+k)
+            to_support = weights[:, :, :n_reg, n_reg:]  # (B, h, R, k)
+            to_support = to_support / to_support.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+            total += to_support.mean(dim=(1, 2))
+            x = block(x, key_padding_mask=keys)  # (B, R + k, dim)
+        return total / len(self.blocks)
+
+    @staticmethod
+    def predict(weights: Tensor, bias: Tensor, embeddings: Tensor) -> Tensor:
+        """Responses ``(B, m)`` of the B voxel encoders to ``embeddings`` ``(B, m, D)`` (or shared ``(m, D)``)."""
+        if embeddings.dim() == 2:
+            return weights @ embeddings.T + bias[:, None]  # (B, m)
+        return torch.einsum("bmd,bd->bm", embeddings, weights) + bias[:, None]  # (B, m)
+
+
+def build_braincorl(config: dict[str, Any]) -> BraInCoRL:
+    """A randomly initialised model from a stored config dict (unknown keys raise TypeError)."""
+    return BraInCoRL(BraInCoRLConfig(**config))
+
+
+def load_braincorl(run_dir: str | Path) -> BraInCoRL:
+    """The model of a meta-training run folder (its ``final/``) or of a checkpoint folder: strict, in eval mode."""
+    return load_model(run_dir, MODEL_CLASS, build_braincorl)  # type: ignore[return-value]

@@ -1,0 +1,188 @@
+"""Meta-training BraInCoRL on a planted low-rank world: it learns the shared prior and beats ridge at small k."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from neuroattn.encode.braincorl import BraInCoRLConfig, load_braincorl
+from neuroattn.encode.braincorl_training import EpisodeDataset, InContextEncoder, collate_episodes, in_context_curve
+from neuroattn.errors import InvalidInputError
+
+D, RANK = 32, 3
+
+
+def planted_world(seed: int = 0, n_img: int = 500, n_subjects: int = 5, n_voxels: int = 200, n_train: int = 300):
+    """Voxel weights = a mix of RANK shared axes + a small specific part; each voxel has its own units.
+
+    Returns the image embeddings (n_img, D), the shared axes (D, RANK) and per subject
+    ``(train_ids, train_responses, test_ids, test_responses)``.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_img, D)).astype(np.float32)
+    axes = np.linalg.qr(rng.standard_normal((D, RANK)))[0]  # (D, RANK) orthonormal
+    subjects = []
+    for _ in range(n_subjects):
+        w = axes @ rng.standard_normal((RANK, n_voxels)) + 0.15 * rng.standard_normal((D, n_voxels))  # (D, V)
+        scale, offset = rng.uniform(0.5, 3.0, n_voxels), rng.normal(0.0, 2.0, n_voxels)
+        y = (x @ w + rng.standard_normal((n_img, n_voxels))) * scale + offset  # (n_img, V), noise sd = 1 unit
+        ids = rng.permutation(n_img)
+        subjects.append((ids[:n_train], y[ids[:n_train]], ids[n_train:], y[ids[n_train:]]))
+    return x, axes, subjects
+
+
+def _encoder(**overrides) -> InContextEncoder:
+    config = BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, n_registers=2, mlp_ratio=2.0, head_hidden=64)
+    settings = dict(k_min=5, k_max=40, n_query=40, voxels_per_episode=16, episodes_per_step=8, lr=2e-3,
+                    warmup_steps=20, device="cpu", progress=False) | overrides  # fmt: skip
+    return InContextEncoder(config, **settings)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return planted_world()
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    torch.set_num_threads(1)
+    x, _, subjects = world
+    run = tmp_path_factory.mktemp("braincorl") / "run"
+    encoder = _encoder().meta_train([(x, s[1], s[0]) for s in subjects[:-1]], run, steps=300)
+    return encoder, run
+
+
+def _curve(encoder: InContextEncoder, world) -> dict[int, dict]:
+    x, _, subjects = world
+    train_ids, train_y, test_ids, test_y = subjects[-1]  # the held-out subject
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        rows = in_context_curve(encoder, x, train_ids, train_y, test_ids, test_y, ks=(10, 20), seeds=3, progress=False)
+    return {row["k"]: row for row in rows}
+
+
+def test_meta_trained_beats_ridge_on_the_same_k_images(world, trained) -> None:
+    encoder, _ = trained
+    rows = _curve(encoder, world)
+    for k in (10, 20):
+        row = rows[k]
+        print(
+            f"k={k}: BraInCoRL r={row['braincorl_r']:.3f} (EV {row['braincorl_ev']:.3f}), "
+            f"ridge r={row['ridge_r']:.3f} (EV {row['ridge_ev']:.3f}), ridge on all r={row['ridge_full_r']:.3f}"
+        )
+        assert row["braincorl_status"] == "trained" and row["n_train"] == 300
+        assert row["braincorl_r"] >= row["ridge_r"] + 0.1
+        assert row["braincorl_ev"] > row["ridge_ev"]
+        assert row["braincorl_r"] < row["ridge_full_r"]  # 300 images still beat 20
+
+
+def test_untrained_model_does_not_beat_ridge(world) -> None:
+    rows = _curve(_encoder(), world)
+    for k in (10, 20):
+        print(f"untrained k={k}: r={rows[k]['braincorl_r']:.3f} vs ridge {rows[k]['ridge_r']:.3f}")
+        assert rows[k]["braincorl_status"] == "UNTRAINED"
+        assert rows[k]["braincorl_r"] < rows[k]["ridge_r"]
+
+
+def test_learned_weights_live_in_the_shared_subspace(world, trained) -> None:
+    """At k = 10 BraInCoRL's weights lie mostly in the planted axes' span; ridge's do not."""
+    from neuroattn.encode.ridge_encoder import RidgeEncoder
+
+    encoder, _ = trained
+    x, axes, subjects = world
+    train_ids, train_y = subjects[-1][:2]
+    pick = np.random.default_rng(0).choice(len(train_ids), size=10, replace=False)
+    xs, ys = x[train_ids[pick]], train_y[pick]
+
+    def in_span(w: np.ndarray) -> float:
+        return float(((axes.T @ w) ** 2).sum() / (w**2).sum())
+
+    ours, ridge = in_span(encoder.fit(xs, ys).weights_), in_span(RidgeEncoder().fit(xs, ys).coef_)
+    print(f"energy in the shared span at k=10: BraInCoRL {ours:.3f}, ridge {ridge:.3f}, chance {RANK / D:.3f}")
+    assert ours > 0.8 and ours > ridge + 0.3
+
+
+def test_fit_predict_shapes_and_missing_pairs(world, trained) -> None:
+    encoder, _ = trained
+    x, _, subjects = world
+    ids, y = subjects[-1][:2]
+    xs, ys = x[ids[:12]], y[:12, :5].copy()
+    ys[[2, 7], 1] = np.nan  # two pairs missing for voxel 1
+    encoder.fit(xs, ys)
+    assert encoder.weights_.shape == (D, 5) and encoder.bias_.shape == (5,)
+    pred = encoder.predict(x[:4])
+    np.testing.assert_allclose(pred, x[:4] @ encoder.weights_ + encoder.bias_, rtol=1e-6)
+    np.testing.assert_allclose(encoder.selectivity(x[:4]), pred)
+    keep = np.isfinite(ys[:, 1])
+    alone = _clone(encoder).fit(xs[keep], ys[keep, 1:2])  # voxel 1 from its 10 valid pairs only
+    np.testing.assert_allclose(alone.weights_[:, 0], encoder.weights_[:, 1], rtol=1e-4, atol=1e-5)
+    att = encoder.support_attention([1, 3])
+    assert att.shape == (2, 12)
+    np.testing.assert_allclose(att.sum(axis=1), 1.0, rtol=1e-5)
+    assert (att[0, [2, 7]] == 0).all() and (att[0, keep] > 0).all() and (att[1] > 0).all()
+    with pytest.raises(InvalidInputError):
+        encoder.predict(x[:3, :5])
+
+
+def _clone(encoder: InContextEncoder) -> InContextEncoder:
+    out = _encoder()
+    out.model_, out.trained = encoder.model_, encoder.trained
+    return out
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(world, trained) -> None:
+    encoder, run = trained
+    meta = json.loads((run / "final" / "config.json").read_text())
+    assert meta["model_class"] == "BraInCoRL" and meta["trained"] and meta["config"]["embedding_dim"] == D
+    x, _, subjects = world
+    ids, y = subjects[-1][:2]
+    loaded = InContextEncoder.load(run, progress=False)
+    assert loaded.trained and loaded.status == "trained"
+    a = encoder.fit(x[ids[:15]], y[:15]).predict(x[:20])
+    b = loaded.fit(x[ids[:15]], y[:15]).predict(x[:20])
+    np.testing.assert_array_equal(a, b)
+    model = load_braincorl(run)
+    for key, value in encoder.model_.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value.cpu())
+
+
+def test_untrained_fit_warns() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="UNTRAINED"):
+        _encoder().fit(rng.standard_normal((8, D)), rng.standard_normal((8, 3)))
+
+
+def test_episodes_are_disjoint_log_uniform_and_skip_zero_weight_voxels() -> None:
+    rng = np.random.default_rng(1)
+    n, v = 120, 30
+    x = torch.from_numpy(rng.standard_normal((n, D)).astype(np.float32))
+    y = torch.arange(n * v, dtype=torch.float32).reshape(n, v)  # value encodes (image, voxel)
+    weights = np.ones(v)
+    weights[::3] = 0.0
+    data = EpisodeDataset([(x, y)], k_min=4, k_max=64, n_query=20, voxels_per_episode=8, voxel_weights=[weights])
+    torch.manual_seed(0)
+    ks = []
+    for i in range(200):
+        item = data[i]
+        sup = (item["support_responses"][0] // v).long()
+        qry = (item["query_responses"][0] // v).long()
+        voxels = (item["support_responses"][:, 0] % v).long()
+        assert not set(sup.tolist()) & set(qry.tolist()) and len(qry) == 20
+        assert (voxels % 3 != 0).all() and len(set(voxels.tolist())) == 8
+        torch.testing.assert_close(item["support_embeddings"], x[sup])
+        ks.append(len(sup))
+    ks = np.array(ks)
+    assert ks.min() >= 4 and ks.max() <= 64
+    # log-uniform: about as many draws in [4, 16) as in [16, 64]
+    assert 0.35 < np.mean(ks < 16) < 0.65
+    batch = collate_episodes([data[0], data[1], data[2]])
+    k = batch["support_mask"].sum(1)
+    assert batch["support_embeddings"].shape[1] == int(k.max())
+    for b in range(3):
+        assert bool((batch["support_responses"][b][:, int(k[b]) :] == 0).all())
+    with pytest.raises(InvalidInputError, match="k_min"):
+        EpisodeDataset([(x[:20], y[:20])], k_min=4, k_max=8, n_query=20, voxels_per_episode=2)
