@@ -49,5 +49,8 @@ def _register_builtin() -> None:
         AppPage("decode", "Decode", ":material/image_search:", "views/decode.py",
                 "Decode fMRI betas into images: top-k retrieval among the stimuli and diffusion reconstructions.",
                 area="Decoding"),
+        AppPage("encode", "Encode", ":material/psychology:", "views/encode.py",
+                "Encoding runs: text-query selectivity maps, test accuracy per ROI and LaVCa voxel captions.",
+                area="Encoding"),
     ):
         _PAGES.setdefault(page.key, page)
