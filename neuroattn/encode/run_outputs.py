@@ -176,7 +176,12 @@ def caption_scores(run: EncodeRun, *, progress: bool = False) -> dict[str, Any]:
     test_captions = captioner.caption(test_ids, run.data.stimuli.images[test_ids])
     scores = evaluate_captions(captions, load_sentence_encoder(settings.sentence_encoder), test_captions,
                                run.responses_test)
-    out: dict[str, Any] = {"spearman": scores.summary(), "n_voxels": len(captions),
+    summary = scores.summary()
+    if run.subject.concept is not None and (run.subject.concept[run.encoder.voxels] >= 0).any():
+        concept_voxels = run.subject.concept[run.encoder.voxels] >= 0
+        for name in ("lavca", "baseline", "shuffled"):
+            summary[f"{name}_mean_concept_voxels"] = float(np.mean(getattr(scores, name)[concept_voxels]))
+    out: dict[str, Any] = {"spearman": summary, "n_voxels": len(captions),
                            "clip_filter_weight": captions.clip_weight, "clip_trained": captions.clip_trained}
     concepts = run.data.concepts
     if run.subject.concept is not None and concepts:
