@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from neuroattn.commands.bench import bench_app
+from neuroattn.commands.brain3d import brain3d_app
 from neuroattn.commands.decode import decode_app
 from neuroattn.commands.encode import encode_app
 from neuroattn.commands.fmri import fmri_app
@@ -30,6 +31,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(fmri_app, name="fmri")
 app.add_typer(decode_app, name="decode")
 app.add_typer(encode_app, name="encode")
+app.add_typer(brain3d_app, name="brain3d")
 
 OutDir = Annotated[Path, typer.Option("--out", help="Output folder (created if missing).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives identical files.")]

@@ -102,6 +102,9 @@ class ScoreDistillation:
         if self.resolution is not None and images.shape[-1] != self.resolution:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
                                    align_corners=False)
+        weight = next(self.unet.parameters(), None)
+        if weight is not None:  # differentiable move: gradients flow back to the renders' device
+            images = images.to(weight.device)
         x = images * 2.0 - 1.0  # (B, 3, H, W) in [-1, 1]
         if self.vae is None:
             return x
@@ -141,7 +144,7 @@ class ScoreDistillation:
             eps = self.predict_noise(x_t, t, conditioning)
             grad = torch.nan_to_num((1 - a) * (eps - noise))  # w(t) = 1 - alpha_bar_t (DreamFusion)
         target = (x - grad).detach()
-        loss = 0.5 * F.mse_loss(x, target)
+        loss = 0.5 * F.mse_loss(x, target).to(images.device)  # on the renders' device
         return SDSOutput(loss=loss, timesteps=t, grad_norm=float(grad.flatten(1).norm(dim=1).mean()))
 
 

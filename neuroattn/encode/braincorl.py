@@ -1,7 +1,17 @@
-"""BraInCoRL: a transformer that reads a voxel's (image, response) support set and writes its linear encoder."""
+"""BraInCoRL: a transformer that reads a voxel's (image, response) support set and writes its linear encoder.
+
+Beyond the published design (support tokens + registers read out into encoder weights), an optional
+sufficient-statistic path (``moment_path``) feeds the support set's normalised cross-moment
+``m = X^T z / k`` (``z`` the standardised responses) and ``log k`` to the transformer as one extra token, and
+adds ``(A0 + A(k)) m`` to the read-out weights. ``A0`` starts as ``c I`` (a shrunken correlation estimate, so
+training starts from a ridge-like encoder) and ``A(k) = g0(k) I + P diag(g(k)) Q^T`` is a low-rank,
+support-size-dependent correction: with whitened embeddings (``X^T X ~ k I``) these linear maps of ``m`` span
+ridge and Bayes-with-a-Gaussian-prior estimators, so meta-training can learn the prior's subspace directly.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +39,12 @@ class BraInCoRLConfig:
     mlp_ratio: float = 4.0  # SwiGLU hidden width / dim (2/3 of it, as in TransformerBlock)
     head_hidden: int = 256  # hidden width of the register -> encoder-weights MLP
     eps: float = 1e-6  # floor of a support set's response std (response units), for constant responses
+    moment_path: bool = True  # add the cross-moment token and the read-out (A0 + A(k)) m (see module docstring)
+    moment_rank: int = 16  # rank of the support-size-dependent correction A(k)
+    moment_init: float = 0.5  # c of A0 = c I at initialisation (shrinkage of the correlation estimate)
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "dim", "depth", "heads", "n_registers", "head_hidden"):
+        for name in ("embedding_dim", "dim", "depth", "heads", "n_registers", "head_hidden", "moment_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
@@ -39,6 +52,10 @@ class BraInCoRLConfig:
             raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
         if not self.mlp_ratio > 0 or not self.eps > 0:
             raise ConfigError(f"'mlp_ratio' and 'eps' must be > 0. {self.mlp_ratio!r}, {self.eps!r} were provided.")
+        if not isinstance(self.moment_path, bool):
+            raise ConfigError(f"'moment_path' must be a bool. {self.moment_path!r} was provided.")
+        if not math.isfinite(self.moment_init):
+            raise ConfigError(f"'moment_init' must be finite. {self.moment_init!r} was provided.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,9 +78,11 @@ class BraInCoRL(nn.Module):
 
     Each support pair becomes a token ``Linear(embedding ‖ z) + type``, where ``z`` is the response
     standardised over the voxel's own support set (mean/std of the valid entries). ``n_registers`` learned
-    tokens join them; Dense self-attention blocks (SwiGLU MLPs) mix everything, padded support entries
-    being masked out as keys; the registers are read out by an MLP into ``(w, b)`` of a linear model of
-    ``z``, which is mapped back to the response's own units: ``weights = std * w``, ``bias = std * b + mean``.
+    tokens join them (and, with ``moment_path``, one token of the cross-moment ``m = X^T z / k`` and ``log k``);
+    Dense self-attention blocks (SwiGLU MLPs) mix everything, padded support entries being masked out as
+    keys; the registers are read out by an MLP into ``(w, b)`` of a linear model of ``z`` (with ``moment_path``
+    ``w += (A0 + A(k)) m`` and ``b -= x̄ · w``, x̄ the support's mean embedding, as ridge's intercept), which is
+    mapped back to the response's own units: ``weights = std * w``, ``bias = std * b + mean``.
     Without positional codes the output is invariant to the order of the support set, and the
     standardisation makes it equivariant to ``responses * c + d`` for ``c > 0``.
 
@@ -84,6 +103,18 @@ class BraInCoRL(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head = Mlp(config.n_registers * dim, config.head_hidden, d + 1)
+        self.n_prefix = config.n_registers + int(config.moment_path)  # tokens before the support tokens
+        if config.moment_path:
+            r = config.moment_rank
+            self.moment_proj = nn.Linear(d + 1, dim)  # (m ‖ log k) -> token
+            self.moment_map = nn.Parameter(config.moment_init * torch.eye(d))  # A0 (D, D)
+            self.moment_left = nn.Parameter(torch.randn(d, r) / math.sqrt(d))  # P (D, r)
+            self.moment_right = nn.Parameter(torch.randn(d, r) / math.sqrt(d))  # Q (D, r)
+            self.moment_gain = Mlp(1, 32, r + 1)  # log k -> (g0, g_1..g_r) of A(k)
+            nn.init.zeros_(self.moment_gain.fc2.weight)  # A(k) = 0 at initialisation
+            nn.init.zeros_(self.moment_gain.fc2.bias)
+            nn.init.zeros_(self.head.fc2.weight)  # the read-out starts as the moment estimate alone
+            nn.init.zeros_(self.head.fc2.bias)
 
     def _check(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None) -> Tensor:
         d = self.config.embedding_dim
@@ -101,8 +132,10 @@ class BraInCoRL(nn.Module):
         return mask
 
     def encode_support(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        """The transformer's input: tokens ``(B, R + k, dim)``, key mask ``(B, R + k)`` and the support stats.
+        """The transformer's input: tokens ``(B, P + k, dim)``, key mask ``(B, P + k)`` and the support stats.
 
+        ``P = n_prefix`` (registers, then the moment token with ``moment_path``). With ``moment_path`` the dict
+        also holds the cross-moment ``moment (B, D)``, the mean embedding ``x_mean (B, D)`` and ``log_k (B,)``.
         Padded entries are zeroed first, so whatever they hold (even NaN) cannot reach a valid token.
         """
         mask = self._check(embeddings, responses, mask)
@@ -112,10 +145,27 @@ class BraInCoRL(nn.Module):
         z = torch.where(mask, (responses - mean[:, None]) / std[:, None], torch.zeros((), dtype=responses.dtype))
         support = self.token_proj(torch.cat([embeddings, z[..., None]], dim=-1)) + self.support_type  # (B, k, dim)
         batch, n_reg = support.shape[0], self.config.n_registers
-        registers = self.registers.expand(batch, n_reg, -1).to(support.dtype)  # (B, R, dim)
-        tokens = torch.cat([registers, support], dim=1)  # (B, R + k, dim)
-        keys = torch.cat([torch.ones(batch, n_reg, dtype=torch.bool, device=mask.device), mask], dim=1)
-        return {"tokens": tokens, "key_mask": keys, "mean": mean, "std": std}
+        prefix = [self.registers.expand(batch, n_reg, -1).to(support.dtype)]  # (B, R, dim)
+        out: dict[str, Tensor] = {"mean": mean, "std": std}
+        if self.config.moment_path:
+            count = mask.sum(dim=1).to(embeddings.dtype)  # (B,) valid pairs k
+            out["moment"] = torch.einsum("bkd,bk->bd", embeddings, z.to(embeddings.dtype)) / count[:, None]  # (B, D)
+            out["x_mean"] = embeddings.sum(dim=1) / count[:, None]  # (B, D)
+            out["log_k"] = count.log()  # (B,)
+            token = self.moment_proj(torch.cat([out["moment"], out["log_k"][:, None]], dim=-1))  # (B, dim)
+            prefix.append(token[:, None].to(support.dtype))  # (B, 1, dim)
+        tokens = torch.cat([*prefix, support], dim=1)  # (B, P + k, dim)
+        keys = torch.cat([torch.ones(batch, self.n_prefix, dtype=torch.bool, device=mask.device), mask], dim=1)
+        return out | {"tokens": tokens, "key_mask": keys}
+
+    def moment_weights(self, moment: Tensor, log_k: Tensor) -> Tensor:
+        """The moment path's weights ``(A0 + A(k)) m`` ``(B, D)`` (standardised units).
+
+        ``moment`` is ``m`` ``(B, D)``, ``log_k`` the log support size ``(B,)``.
+        """
+        gain = self.moment_gain(log_k[:, None])  # (B, r + 1)
+        low = (moment @ self.moment_right) * gain[:, 1:]  # (B, r)
+        return moment @ self.moment_map.T + gain[:, :1] * moment + low @ self.moment_left.T  # (B, D)
 
     def forward(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Build each voxel's linear encoder from its support set.
@@ -133,11 +183,15 @@ class BraInCoRL(nn.Module):
         inputs = self.encode_support(embeddings, responses, mask)
         x = inputs["tokens"]
         for block in self.blocks:
-            x = block(x, key_padding_mask=inputs["key_mask"])  # (B, R + k, dim)
+            x = block(x, key_padding_mask=inputs["key_mask"])  # (B, P + k, dim)
         registers = self.norm(x[:, : self.config.n_registers]).flatten(1)  # (B, R * dim)
         out = self.head(registers)  # (B, D + 1) in standardised units
+        w, b = out[:, :-1], out[:, -1]
+        if self.config.moment_path:
+            w = w + self.moment_weights(inputs["moment"], inputs["log_k"]).to(w.dtype)
+            b = b - (inputs["x_mean"].to(w.dtype) * w).sum(dim=-1)  # ridge-like intercept at the support mean
         std, mean = inputs["std"][:, None], inputs["mean"]
-        return out[:, :-1] * std, out[:, -1] * std[:, 0] + mean
+        return w * std, b * std[:, 0] + mean
 
     @torch.no_grad()
     def support_attention(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -148,14 +202,14 @@ class BraInCoRL(nn.Module):
         the valid pairs and padded pairs get exactly 0.
         """
         inputs = self.encode_support(embeddings, responses, mask)
-        x, keys, n_reg = inputs["tokens"], inputs["key_mask"], self.config.n_registers
-        total = torch.zeros(x.shape[0], x.shape[1] - n_reg, dtype=x.dtype, device=x.device)  # (B, k)
+        x, keys, n_reg, n_pre = inputs["tokens"], inputs["key_mask"], self.config.n_registers, self.n_prefix
+        total = torch.zeros(x.shape[0], x.shape[1] - n_pre, dtype=x.dtype, device=x.device)  # (B, k)
         for block in self.blocks:
-            weights = block.attn.attention_weights(block.norm1(x), key_padding_mask=keys)  # (B, h, R+k, R+k)
-            to_support = weights[:, :, :n_reg, n_reg:]  # (B, h, R, k)
+            weights = block.attn.attention_weights(block.norm1(x), key_padding_mask=keys)  # (B, h, P+k, P+k)
+            to_support = weights[:, :, :n_reg, n_pre:]  # (B, h, R, k)
             to_support = to_support / to_support.sum(dim=-1, keepdim=True).clamp_min(1e-30)
             total += to_support.mean(dim=(1, 2))
-            x = block(x, key_padding_mask=keys)  # (B, R + k, dim)
+            x = block(x, key_padding_mask=keys)  # (B, P + k, dim)
         return total / len(self.blocks)
 
     @staticmethod

@@ -52,5 +52,8 @@ def _register_builtin() -> None:
         AppPage("encode", "Encode", ":material/psychology:", "views/encode.py",
                 "Encoding runs: text-query selectivity maps, test accuracy per ROI and LaVCa voxel captions.",
                 area="Encoding"),
+        AppPage("brain3d", "Brain3D", ":material/view_in_ar:", "views/brain3d.py",
+                "Make a 3-D object from one fMRI trial (or an image): interactive mesh, turntable and downloads.",
+                area="Decoding"),
     ):
         _PAGES.setdefault(page.key, page)

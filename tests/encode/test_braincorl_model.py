@@ -13,9 +13,14 @@ D = 12
 
 
 def _model(seed: int = 0, **overrides) -> BraInCoRL:
+    """A small model with every parameter perturbed, so the zero-initialised read-out and A(k) matter too."""
     torch.manual_seed(seed)
     config = BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, n_registers=3, head_hidden=32, **overrides)
-    return BraInCoRL(config).eval()
+    model = BraInCoRL(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
 
 
 def _support(batch: int = 3, k: int = 9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +48,10 @@ def test_output_shapes_and_predict() -> None:
                                + bias[:, None])  # fmt: skip
 
 
-def test_padding_changes_nothing() -> None:
+@pytest.mark.parametrize("moment", [True, False])
+def test_padding_changes_nothing(moment: bool) -> None:
     """Padded entries (even NaN or huge) leave weights, bias and support attention unchanged (1e-5)."""
-    model = _model(1)
+    model = _model(1, moment_path=moment)
     x, y = _support(k=7, seed=1)
     ref_w, ref_b = model(x, y)
     ref_att = model.support_attention(x, y)
@@ -62,9 +68,10 @@ def test_padding_changes_nothing() -> None:
     assert bool((att[:, 7:] == 0).all())
 
 
-def test_interleaved_padding_in_a_mixed_batch() -> None:
+@pytest.mark.parametrize("moment", [True, False])
+def test_interleaved_padding_in_a_mixed_batch(moment: bool) -> None:
     """Two support sets of different sizes in one padded batch equal their separate unpadded runs."""
-    model = _model(2)
+    model = _model(2, moment_path=moment)
     x, y = _support(batch=2, k=8, seed=2)
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[1, [1, 4, 6]] = False
@@ -76,8 +83,9 @@ def test_interleaved_padding_in_a_mixed_batch() -> None:
     torch.testing.assert_close(b, torch.cat([b0, b1]), rtol=1e-5, atol=1e-5)
 
 
-def test_permutation_invariance_of_the_support_set() -> None:
-    model = _model(3)
+@pytest.mark.parametrize("moment", [True, False])
+def test_permutation_invariance_of_the_support_set(moment: bool) -> None:
+    model = _model(3, moment_path=moment)
     x, y = _support(k=10, seed=3)
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
     w, b = model(x, y)
@@ -87,10 +95,11 @@ def test_permutation_invariance_of_the_support_set() -> None:
     torch.testing.assert_close(model.support_attention(x[:, perm], y[:, perm]), model.support_attention(x, y)[:, perm])
 
 
+@pytest.mark.parametrize("moment", [True, False])
 @pytest.mark.parametrize("scale,shift", [(3.7, -12.0), (0.01, 5.0), (250.0, 0.0)])
-def test_scale_equivariance(scale: float, shift: float) -> None:
+def test_scale_equivariance(scale: float, shift: float, moment: bool) -> None:
     """responses * c + d (c > 0) -> predictions * c + d, in every response unit."""
-    model = _model(4)
+    model = _model(4, moment_path=moment)
     x, y = _support(k=11, seed=4)
     query = torch.randn(3, 6, D)
     pred = BraInCoRL.predict(*model(x, y), query)
@@ -108,7 +117,7 @@ def test_support_attention_rows_and_manual_reference() -> None:
     torch.testing.assert_close(att.sum(dim=1), torch.ones(3))
     assert bool((att[0, 4:] == 0).all()) and bool((att[mask] > 0).all())
     inputs = model.encode_support(x, y, mask)
-    h, keys, n_reg = inputs["tokens"], inputs["key_mask"], model.config.n_registers
+    h, keys, n_reg, n_pre = inputs["tokens"], inputs["key_mask"], model.config.n_registers, model.n_prefix
     expected = torch.zeros(3, 6)
     for block in model.blocks:
         normed = block.norm1(h)
@@ -116,7 +125,7 @@ def test_support_attention_rows_and_manual_reference() -> None:
         q = attn.q_proj(normed).view(3, -1, attn.heads, attn.head_dim).transpose(1, 2)  # (B, h, N, hd)
         k = attn.kv_proj(normed).view(3, -1, 2, attn.kv_heads, attn.head_dim)[:, :, 0].transpose(1, 2)
         scores = (q @ k.transpose(-1, -2) / attn.head_dim**0.5).masked_fill(~keys[:, None, None], float("-inf"))
-        part = scores.softmax(-1)[:, :, :n_reg, n_reg:]  # (B, h, R, k)
+        part = scores.softmax(-1)[:, :, :n_reg, n_pre:]  # (B, h, R, k)
         expected += (part / part.sum(-1, keepdim=True)).mean(dim=(1, 2))
         h = block(h, key_padding_mask=keys)
     torch.testing.assert_close(att, expected / len(model.blocks), rtol=1e-5, atol=1e-6)
@@ -153,3 +162,42 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     save_checkpoint(tmp_path / "other", model.state_dict(), model.config.to_dict(), model_class="Other", trained=True)
     with pytest.raises(CheckpointError, match="expected a BraInCoRL"):
         load_braincorl(tmp_path / "other")
+
+
+def test_moment_path_closed_form_at_initialisation() -> None:
+    """Freshly built: weights = std * c * X^T z / k and bias = mean - x_mean . weights (float64 reference)."""
+    torch.manual_seed(7)
+    model = BraInCoRL(BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, moment_init=0.3)).double().eval()
+    x, y = (t.double() for t in _support(k=15, seed=7))
+    mask = torch.ones(3, 15, dtype=torch.bool)
+    mask[2, 9:] = False
+    w, b = model(x, y, mask)
+    for i in range(3):
+        xs, ys = x[i, mask[i]].numpy(), y[i, mask[i]].numpy()
+        z = (ys - ys.mean()) / ys.std()
+        expected = ys.std() * 0.3 * xs.T @ z / len(ys)
+        torch.testing.assert_close(w[i], torch.from_numpy(expected))
+        torch.testing.assert_close(b[i], torch.tensor(ys.mean() - xs.mean(0) @ expected, dtype=torch.float64))
+
+
+def test_moment_weights_equal_the_explicit_matrix() -> None:
+    """(A0 + g0(k) I + P diag(g(k)) Q^T) m, built as a D x D matrix per voxel in float64."""
+    model = _model(8).double()
+    g = torch.Generator().manual_seed(8)
+    m, log_k = torch.randn(4, D, generator=g, dtype=torch.float64), torch.tensor([1.0, 2.5, 4.0, 6.0]).double()
+    gain = model.moment_gain(log_k[:, None])
+    assert gain.abs().min() > 0  # the perturbed gains are all active
+    for i in range(4):
+        a = model.moment_map + gain[i, 0] * torch.eye(D, dtype=torch.float64)
+        a = a + model.moment_left @ torch.diag(gain[i, 1:]) @ model.moment_right.T
+        torch.testing.assert_close(model.moment_weights(m, log_k)[i], a @ m[i])
+
+
+def test_moment_path_switch() -> None:
+    on, off = _model(9), _model(9, moment_path=False)
+    assert on.n_prefix == 4 and off.n_prefix == 3 and not hasattr(off, "moment_map")
+    x, y = _support(seed=9)
+    assert on.encode_support(x, y)["tokens"].shape == (3, 4 + 9, 32)
+    assert off.encode_support(x, y)["tokens"].shape == (3, 3 + 9, 32)
+    with pytest.raises(ConfigError, match="moment_rank"):
+        BraInCoRLConfig(embedding_dim=D, moment_rank=0)
