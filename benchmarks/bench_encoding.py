@@ -60,13 +60,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base.meta_steps, base.device, base.curve_seeds = args.meta_steps, args.device, args.seeds
     data = base.open_data(data_dir, progress=args.progress)
 
-    start = time.perf_counter()
-    bc_run = fit_encoder(data, base, work / "braincorl", progress=args.progress)
-    timings["braincorl_fit_s"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    bc_metrics = evaluate_encoding_run(open_run(bc_run), work / "braincorl-eval", figures=True,
-                                       progress=args.progress)
-    timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
+    if args.braincorl_curve:  # the curve measured on a GPU by benchmarks/gpu_encoding.py on this same data
+        gpu = json.loads(Path(args.braincorl_curve).read_text())
+        bc_metrics = {"rois": None, "in_context_curve": gpu["curve"]}
+        bc_source = {"from": args.braincorl_curve, "device": gpu["device"], "steps": gpu["steps"],
+                     "config": gpu["config"], "meta_train_s": gpu["meta_train_s"]}
+    else:
+        start = time.perf_counter()
+        bc_run = fit_encoder(data, base, work / "braincorl", progress=args.progress)
+        timings["braincorl_fit_s"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        bc_metrics = evaluate_encoding_run(open_run(bc_run), work / "braincorl-eval", figures=True,
+                                           progress=args.progress)
+        timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
+        bc_source = {"from": "this run", "device": args.device, "steps": args.meta_steps, "config": base.braincorl}
 
     lavca = load_pipeline_config(ROOT / "pipelines" / "encode" / "lavca.yaml", EncodeSettings)
     start = time.perf_counter()
@@ -87,8 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "median_noise_ceiling_pct": float(np.median(opened.subject.noise_ceiling)),
                  "simulation": data.decoding.simulation()["config"] if data.decoding.simulation() else None},
         "untrained": opened.untrained_parts(),
-        "braincorl": {"meta_steps": args.meta_steps, "config": base.braincorl, "meta_training": base.meta_training,
-                      "fit_k": base.k, "rois": bc_metrics["rois"], "curve": bc_metrics["in_context_curve"]},
+        "braincorl": {"source": bc_source, "fit_k": base.k, "rois": bc_metrics["rois"],
+                      "curve": bc_metrics["in_context_curve"]},
         "ridge_all_images": {"rois": lavca_metrics["rois"]},
         "lavca": captions,
         "targets": _targets(bc_metrics["in_context_curve"], captions),
@@ -120,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="Reuse this data folder (default: simulate into --work).")
     parser.add_argument("--meta-steps", type=int, default=1500, help="BraInCoRL meta-training steps.")
     parser.add_argument("--seeds", type=int, default=3, help="Random support draws per k.")
+    parser.add_argument("--braincorl-curve", default=None, help="Take BraInCoRL's curve from this JSON of "
+                        "benchmarks/gpu_encoding.py (same data folder) instead of meta-training here.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/encoding.json")
     parser.add_argument("--progress", action="store_true")

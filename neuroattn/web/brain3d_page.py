@@ -16,7 +16,7 @@ from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.atomic import atomic_path
 from neuroattn.web.decode_page import BETAS_SUFFIXES, DecodeRunEntry, SimulatedTrial
 from neuroattn.web.settings import AppSettings
-from neuroattn.web.uploads import files_named, resolve_inside, sanitize_filename, save_upload
+from neuroattn.web.uploads import find_records, resolve_inside, sanitize_filename, save_upload
 
 INFO_NAME = "brain3d.json"  # written by neuroattn.brain3d.pipeline.generate into every output folder
 PRESETS = ("tiny", "small")  # pipelines/brain3d/<preset>.yaml
@@ -59,20 +59,7 @@ def read_brain3d_entry(info_path: Path) -> Brain3DEntry | None:
 
 def find_brain3d_outputs(settings: AppSettings, max_depth: int = 5) -> list[Brain3DEntry]:
     """Brain3D output folders (holding ``brain3d.json``) in the workspace, ``max_depth`` folders down, newest first."""
-    found: dict[Path, Brain3DEntry] = {}
-    for info_path in files_named(settings.workspace, INFO_NAME, max_depth + 1):
-        entry = read_brain3d_entry(info_path)
-        if entry is not None and _inside(entry.path, settings):
-            found.setdefault(entry.path.resolve(), entry)
-    return sorted(found.values(), key=lambda e: e.modified, reverse=True)
-
-
-def _inside(path: Path, settings: AppSettings) -> bool:
-    try:
-        resolve_inside(path, settings.readable_roots)
-    except InvalidInputError:
-        return False
-    return True
+    return find_records((settings.workspace,), INFO_NAME, read_brain3d_entry, settings.readable_roots, max_depth)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.nifti import NIFTI_SUFFIXES
 from neuroattn.web.settings import AppSettings
-from neuroattn.web.uploads import files_named, resolve_inside, sanitize_filename, save_upload
+from neuroattn.web.uploads import files_named, find_records, is_inside, resolve_inside, sanitize_filename, save_upload
 
 BETAS_SUFFIXES = (".npy", *NIFTI_SUFFIXES)
 QUICK_MODELS = ("ridge", "mindeye")
@@ -74,15 +74,8 @@ def read_run_entry(info_path: Path) -> DecodeRunEntry | None:
 
 def find_decode_runs(settings: AppSettings, max_depth: int = 4) -> list[DecodeRunEntry]:
     """Decoding runs under the workspace's runs/ and the data roots (``max_depth`` folders down), newest first."""
-    found: dict[Path, DecodeRunEntry] = {}
-    for root in (settings.runs, *settings.data_roots):
-        if not root.is_dir():
-            continue
-        for info_path in files_named(root, RUN_INFO, max_depth + 1):
-            entry = read_run_entry(info_path)
-            if entry is not None and _readable(entry.path, settings):
-                found.setdefault(entry.path.resolve(), entry)
-    return sorted(found.values(), key=lambda e: e.modified, reverse=True)
+    return find_records((settings.runs, *settings.data_roots), RUN_INFO, read_run_entry, settings.readable_roots,
+                        max_depth)
 
 
 def find_data_folders(settings: AppSettings, max_depth: int = 3) -> list[Path]:
@@ -91,16 +84,8 @@ def find_data_folders(settings: AppSettings, max_depth: int = 3) -> list[Path]:
     for root in settings.readable_roots:
         if root.is_dir():
             found |= {p.parent.resolve() for p in files_named(root, "stimuli.hdf5", max_depth + 1)
-                      if _readable(p.parent, settings)}
+                      if is_inside(p.parent, settings.readable_roots)}
     return sorted(found)
-
-
-def _readable(path: Path, settings: AppSettings) -> bool:
-    try:
-        resolve_inside(path, settings.readable_roots)
-    except InvalidInputError:
-        return False
-    return True
 
 
 def simulate_demo_data(settings: AppSettings, simulation: SimulateSettings | None = None, *,

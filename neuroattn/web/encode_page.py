@@ -14,7 +14,7 @@ from neuroattn.encode.runs import RUN_INFO, EncodeRun
 from neuroattn.errors import InvalidInputError
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.web.settings import AppSettings
-from neuroattn.web.uploads import files_named, resolve_inside
+from neuroattn.web.uploads import find_records, resolve_inside
 
 N_PICKED = 25  # voxels offered by the voxel picker (the most reliable of the chosen ROIs)
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
@@ -52,23 +52,8 @@ def read_encode_entry(info_path: Path) -> EncodeRunEntry | None:
 
 def find_encode_runs(settings: AppSettings, max_depth: int = 4) -> list[EncodeRunEntry]:
     """Encoding runs under the workspace's runs/ and the data roots (``max_depth`` folders down), newest first."""
-    found: dict[Path, EncodeRunEntry] = {}
-    for root in (settings.runs, *settings.data_roots):
-        if not root.is_dir():
-            continue
-        for info_path in files_named(root, RUN_INFO, max_depth + 1):
-            entry = read_encode_entry(info_path)
-            if entry is not None and _readable(entry.path, settings):
-                found.setdefault(entry.path.resolve(), entry)
-    return sorted(found.values(), key=lambda e: e.modified, reverse=True)
-
-
-def _readable(path: Path, settings: AppSettings) -> bool:
-    try:
-        resolve_inside(path, settings.readable_roots)
-    except InvalidInputError:
-        return False
-    return True
+    return find_records((settings.runs, *settings.data_roots), RUN_INFO, read_encode_entry, settings.readable_roots,
+                        max_depth)
 
 
 def open_encode_run(settings: AppSettings, run_dir: str | Path) -> EncodeRun:

@@ -5,12 +5,26 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from neuroattn.errors import InvalidInputError
 from neuroattn.io.atomic import atomic_write_bytes
 from neuroattn.io.nifti import NIFTI_SUFFIXES, Volume, load_volume
 
+
+class ListedFolder(Protocol):
+    """A record the app lists: the folder it describes and when its file was written."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def modified(self) -> float: ...
+
+
+T = TypeVar("T", bound=ListedFolder)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
@@ -94,3 +108,26 @@ def files_named(root: Path, name: str, max_depth: int) -> list[Path]:
     for depth in range(max_depth):
         found += root.glob("/".join(["*"] * depth + [name]))
     return found
+
+
+def is_inside(path: str | Path, roots: tuple[Path, ...]) -> bool:
+    """Whether the real path of ``path`` (symlinks resolved) lies inside one of ``roots``."""
+    return _inside(Path(path).expanduser().resolve(), roots)
+
+
+def find_records(search: Iterable[Path], name: str, read: Callable[[Path], T | None], roots: tuple[Path, ...],
+                 max_depth: int) -> list[T]:
+    """Records read from the files called ``name`` under ``search`` (``max_depth`` folders down), newest first.
+
+    ``read`` turns a file into a record with ``path`` (its folder) and ``modified`` (seconds), or None when the
+    file is not readable; records outside ``roots`` are left out, and each folder is listed once.
+    """
+    found: dict[Path, T] = {}
+    for root in search:
+        if not root.is_dir():
+            continue
+        for info_path in files_named(root, name, max_depth + 1):
+            record = read(info_path)
+            if record is not None and is_inside(record.path, roots):
+                found.setdefault(record.path.resolve(), record)
+    return sorted(found.values(), key=lambda r: r.modified, reverse=True)
