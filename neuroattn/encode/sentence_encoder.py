@@ -14,12 +14,18 @@ from neuroattn.errors import CheckpointError, InvalidInputError
 
 @contextlib.contextmanager
 def _hub_offline() -> Iterator[None]:
-    """Set ``HF_HUB_OFFLINE=1`` for the duration, so nothing is fetched, then restore the previous value."""
+    """Set ``HF_HUB_OFFLINE=1`` (nothing is fetched) and hide loading bars for the duration, then restore both."""
+    from transformers.utils import logging as hf_logging
+
     previous = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a weight-loading bar per load would clutter command output
     try:
         yield
     finally:
+        if bars:
+            hf_logging.enable_progress_bar()
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
