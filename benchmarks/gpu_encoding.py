@@ -90,7 +90,7 @@ def main() -> None:
     rn = sub.add_parser("run")
     rn.add_argument("--arrays", required=True)
     rn.add_argument("--out", required=True)
-    rn.add_argument("--work", default="/tmp/gpu_encoding")
+    rn.add_argument("--work", default="bench_results/gpu_encoding", help="Folder for the meta-training runs.")
     rn.add_argument("--device", default="cuda")
     rn.add_argument("--steps", type=int, default=3000)
     rn.add_argument("--budget-s", type=float, default=0.0, help="Seconds of meta-training (0: exactly --steps).")

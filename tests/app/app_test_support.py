@@ -38,3 +38,39 @@ def make_workspace(root: Path) -> AppWorkspace:
     train_harmonizer(manifest, root / "runs" / "tiny-sa", method="sa-cyclegan", target_site="siteA",
                      params=TINY_SA_CYCLEGAN, progress=False)
     return AppWorkspace(root, cohort, root / "runs" / "nyul", root / "runs" / "tiny-sa")
+
+
+TINY_DECODE_DATA = dict(n_images=240, image_size=32,
+                        simulation={"n_subjects": 2, "n_voxels": 200, "test_images": 60},
+                        autoencoder_steps=5, variation_steps=5, batch_size=16, device="cpu")
+
+
+@dataclass(frozen=True)
+class DecodeWorkspace:
+    """An app workspace holding a tiny simulated decoding data folder and a ridge run on subj01."""
+
+    root: Path
+    data: Path  # the simulated decoding data folder
+    run: Path  # a ridge run on subj01
+
+
+def make_decode_workspace(root: Path) -> DecodeWorkspace:
+    """Simulate the tiny data folder under ``root/data/sim`` and train the page's quick ridge run (seconds)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
+    from neuroattn.web.decode_page import train_quick_decoder
+    from neuroattn.web.settings import load_settings
+
+    settings = load_settings(root, data_roots=[], max_upload_mb=1)
+    data = root / "data" / "sim"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on two shared cores, BLAS and torch threads mostly wait on each other
+    try:
+        with threadpool_limits(limits=1):
+            simulate_dataset(data, SimulateSettings(**TINY_DECODE_DATA))
+            run = train_quick_decoder(settings, data, "ridge")
+    finally:
+        torch.set_num_threads(threads)
+    return DecodeWorkspace(root, data, run)

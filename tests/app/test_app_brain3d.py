@@ -5,62 +5,36 @@ from __future__ import annotations
 import base64
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
-from app_test_support import APP_DIR
+from app_test_support import APP_DIR, DecodeWorkspace, make_decode_workspace
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from threadpoolctl import threadpool_limits
 
 from neuroattn.brain3d.conditioning import decode_conditioning, region_groups
 from neuroattn.brain3d.mesh import Mesh, load_mesh, mesh_from_grid
 from neuroattn.brain3d.shapes import grid_points
 from neuroattn.data.nsd import load_subject
-from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
 from neuroattn.decode.runs import open_run
 from neuroattn.errors import InvalidInputError
 from neuroattn.web.brain3d_page import find_brain3d_outputs, open_output
-from neuroattn.web.decode_page import train_quick_decoder
 from neuroattn.web.mesh_viewer import figure_vertices, mesh_figure
 from neuroattn.web.settings import load_settings
 
 BRAIN3D = str(APP_DIR / "views" / "brain3d.py")
-TINY_DATA = SimulateSettings(n_images=240, image_size=32, simulation={"n_subjects": 2, "n_voxels": 200,
-                                                                      "test_images": 60},
-                             autoencoder_steps=5, variation_steps=5, batch_size=16, device="cpu")
 DOWNLOADS = ["Download mesh.glb", "Download mesh.ply", "Download mesh.obj", "Download turntable.gif"]
 
 
-@dataclass(frozen=True)
-class Brain3DWorkspace:
-    root: Path
-    data: Path  # the simulated decoding data folder
-    run: Path  # a ridge run on subj01
-
-
 @pytest.fixture(scope="module")
-def brain3d_workspace(tmp_path_factory: pytest.TempPathFactory) -> Brain3DWorkspace:
-    root = tmp_path_factory.mktemp("brain3d_ws")
-    settings = load_settings(root, data_roots=[], max_upload_mb=1)
-    data = root / "data" / "sim"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on two shared cores, BLAS and torch threads mostly wait on each other
-    try:
-        with threadpool_limits(limits=1):
-            simulate_dataset(data, TINY_DATA)
-            run = train_quick_decoder(settings, data, "ridge")
-    finally:
-        torch.set_num_threads(threads)
-    return Brain3DWorkspace(root, data, run)
+def brain3d_workspace(tmp_path_factory: pytest.TempPathFactory) -> DecodeWorkspace:
+    return make_decode_workspace(tmp_path_factory.mktemp("brain3d_ws"))
 
 
 @pytest.fixture
-def brain3d_env(brain3d_workspace: Brain3DWorkspace, monkeypatch: pytest.MonkeyPatch) -> Brain3DWorkspace:
+def brain3d_env(brain3d_workspace: DecodeWorkspace, monkeypatch: pytest.MonkeyPatch) -> DecodeWorkspace:
     monkeypatch.setenv("NEUROATTN_WORKSPACE", str(brain3d_workspace.root))
     monkeypatch.delenv("NEUROATTN_DATA_ROOTS", raising=False)
     monkeypatch.setenv("NEUROATTN_MAX_UPLOAD_MB", "1")
@@ -124,7 +98,7 @@ def test_viewer_figure_holds_the_mesh_vertices_faces_and_colours(tmp_path: Path)
         mesh_figure(Mesh(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)))
 
 
-def test_generate_from_a_test_trial_writes_and_shows_the_object(brain3d_env: Brain3DWorkspace) -> None:
+def test_generate_from_a_test_trial_writes_and_shows_the_object(brain3d_env: DecodeWorkspace) -> None:
     before = _made(brain3d_env.root)
     at = _page()
     assert at.radio(key="b3_source").options == ["Test trial", "Upload betas", "Upload image"]
@@ -174,7 +148,7 @@ def test_generate_from_a_test_trial_writes_and_shows_the_object(brain3d_env: Bra
     assert rows["semantic head (CLIP tokens)"] == f"higher: {int(groups.head_mask('semantic').sum())} voxels"
 
 
-def test_untrained_parts_from_brain3d_json_are_labelled(brain3d_env: Brain3DWorkspace) -> None:
+def test_untrained_parts_from_brain3d_json_are_labelled(brain3d_env: DecodeWorkspace) -> None:
     at = _page()
     if not find_brain3d_outputs(load_settings(brain3d_env.root, data_roots=[])):
         at.button(key="b3_generate").click().run()
@@ -190,7 +164,7 @@ def test_untrained_parts_from_brain3d_json_are_labelled(brain3d_env: Brain3DWork
     assert rows["CLIP"].startswith("UNTRAINED")
 
 
-def test_generate_from_an_uploaded_image_uses_it_as_the_reference(brain3d_env: Brain3DWorkspace) -> None:
+def test_generate_from_an_uploaded_image_uses_it_as_the_reference(brain3d_env: DecodeWorkspace) -> None:
     before = _made(brain3d_env.root)
     rng = np.random.default_rng(0)
     image = np.full((32, 32, 3), 255, np.uint8)
@@ -209,7 +183,7 @@ def test_generate_from_an_uploaded_image_uses_it_as_the_reference(brain3d_env: B
     assert load_mesh(out / "mesh.obj").faces.shape[0] == record["mesh"]["faces"] > 0
 
 
-def test_bad_uploads_give_one_error_line(brain3d_env: Brain3DWorkspace) -> None:
+def test_bad_uploads_give_one_error_line(brain3d_env: DecodeWorkspace) -> None:
     at = _page()
     at.radio(key="b3_source").set_value("Upload betas").run()
     n_voxels = load_subject(brain3d_env.data, "subj01", zscore=False).n_voxels
@@ -233,7 +207,7 @@ def test_bad_uploads_give_one_error_line(brain3d_env: Brain3DWorkspace) -> None:
     assert at.error[0].value.startswith("broken.png: not a readable image") and "\n" not in at.error[0].value
 
 
-def test_outputs_listing_and_opening_stay_inside_the_workspace(brain3d_env: Brain3DWorkspace,
+def test_outputs_listing_and_opening_stay_inside_the_workspace(brain3d_env: DecodeWorkspace,
                                                                 tmp_path: Path) -> None:
     other = load_settings(tmp_path / "ws", data_roots=[])
     broken = other.outputs / "brain3d" / "broken"

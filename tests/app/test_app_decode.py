@@ -6,21 +6,18 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from app_test_support import APP_DIR
+from app_test_support import APP_DIR, DecodeWorkspace, make_decode_workspace
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from threadpoolctl import threadpool_limits
 
 from neuroattn.data.nsd import load_subject
 from neuroattn.decode.clip_features import retrieval_targets
-from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
+from neuroattn.decode.pipeline import SimulateSettings
 from neuroattn.errors import InvalidInputError
 from neuroattn.web.decode_page import (
     find_data_folders,
@@ -28,38 +25,16 @@ from neuroattn.web.decode_page import (
     open_run,
     save_betas_upload,
     simulated_trials,
-    train_quick_decoder,
     trial_betas,
 )
 from neuroattn.web.settings import load_settings
 
 DECODE = str(APP_DIR / "views" / "decode.py")
-TINY_DATA = SimulateSettings(n_images=240, image_size=32, simulation={"n_subjects": 2, "n_voxels": 200,
-                                                                      "test_images": 60},
-                             autoencoder_steps=5, variation_steps=5, batch_size=16, device="cpu")
-
-
-@dataclass(frozen=True)
-class DecodeWorkspace:
-    root: Path
-    data: Path  # the simulated decoding data folder
-    run: Path  # a ridge run on subj01
 
 
 @pytest.fixture(scope="module")
 def decode_workspace(tmp_path_factory: pytest.TempPathFactory) -> DecodeWorkspace:
-    root = tmp_path_factory.mktemp("decode_ws")
-    settings = load_settings(root, data_roots=[], max_upload_mb=1)
-    data = root / "data" / "sim"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on two shared cores, BLAS and torch threads mostly wait on each other
-    try:
-        with threadpool_limits(limits=1):
-            simulate_dataset(data, TINY_DATA)
-            run = train_quick_decoder(settings, data, "ridge")
-    finally:
-        torch.set_num_threads(threads)
-    return DecodeWorkspace(root, data, run)
+    return make_decode_workspace(tmp_path_factory.mktemp("decode_ws"))
 
 
 @pytest.fixture
