@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from cli_support import run_cli
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from neuroattn.brain3d.pipeline import Brain3DSettings
-from neuroattn.cli import main
 from neuroattn.data.nsd import load_subject
 from neuroattn.pipelines import load_pipeline_config
 
@@ -22,9 +22,6 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2] / "pipelines"
 TINY = ROOT / "brain3d" / "tiny.yaml"
 
-
-def _cli(*args: str | Path) -> int:
-    return main([str(a) for a in args] + ["--no-progress"])
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +31,17 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     p = {k: root / k for k in ("data", "ridge", "fmri-out", "image-out", "ablate")}
     with threadpool_limits(limits=1):
-        assert _cli("decode", "simulate", "--config", ROOT / "decode" / "simulate-tiny.yaml", "--out", p["data"]) == 0
-        assert _cli("decode", "train", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
+        tiny = ROOT / "decode" / "simulate-tiny.yaml"
+        assert run_cli("decode", "simulate", "--config", tiny, "--out", p["data"]) == 0
+        assert run_cli("decode", "train", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
         raw = load_subject(p["data"], "subj01", zscore=False)
         p["trial"] = root / "trial.npy"
         np.save(p["trial"], raw.betas[raw.is_test][0])  # (V,) one test trial's raw betas
-        assert _cli("brain3d", "generate", "--config", TINY, "--fmri", p["trial"], "--checkpoint", p["ridge"],
+        assert run_cli("brain3d", "generate", "--config", TINY, "--fmri", p["trial"], "--checkpoint", p["ridge"],
                     "--out", p["fmri-out"]) == 0
-        assert _cli("brain3d", "generate", "--config", TINY, "--image", p["fmri-out"] / "reference.png",
+        assert run_cli("brain3d", "generate", "--config", TINY, "--image", p["fmri-out"] / "reference.png",
                     "--data", p["data"], "--out", p["image-out"]) == 0
-        assert _cli("brain3d", "ablate", "--config", TINY, "--fmri", p["trial"], "--checkpoint", p["ridge"],
+        assert run_cli("brain3d", "ablate", "--config", TINY, "--fmri", p["trial"], "--checkpoint", p["ridge"],
                     "--modes", "zero", "--out", p["ablate"]) == 0
     return p
 
@@ -103,7 +101,7 @@ def test_bad_inputs_are_one_line_exit_2(done, tmp_path: Path, capsys, args: list
     np.save(tmp_path / "bad.npy", np.zeros(7, np.float32))
     names = {"RUN": done["ridge"], "TRIAL": done["trial"], "DATA": done["data"], "BAD": tmp_path / "bad.npy",
              "missing.npy": tmp_path / "missing.npy"}
-    code = _cli("brain3d", "generate", "--config", TINY, *[names.get(a, a) for a in args], "--out", tmp_path / "o")
+    code = run_cli("brain3d", "generate", "--config", TINY, *[names.get(a, a) for a in args], "--out", tmp_path / "o")
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o" / "brain3d.json").exists()
@@ -112,5 +110,5 @@ def test_bad_inputs_are_one_line_exit_2(done, tmp_path: Path, capsys, args: list
 def test_bad_config_is_exit_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("guidance: dalle\n")
-    assert _cli("brain3d", "generate", "--config", bad, "--image", bad, "--out", tmp_path / "o") == 2
+    assert run_cli("brain3d", "generate", "--config", bad, "--image", bad, "--out", tmp_path / "o") == 2
     assert "guidance" in capsys.readouterr().err

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_support import one_line_error, run_cli
 from PIL import Image
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from neuroattn.cli import app, main
+from neuroattn.cli import app
 from neuroattn.data.nsd import load_subject
 from neuroattn.decode.brain_it import BrainITConfig
 from neuroattn.decode.data_bundle import open_decoding_data
@@ -30,9 +31,6 @@ PIPELINES = Path(__file__).resolve().parents[2] / "pipelines" / "decode"
 UNTRAINED_RED = (176, 0, 32)  # the UNTRAINED strip heading a retrieval grid
 TOP_K = 5
 
-
-def _cli(*args: str | Path) -> int:
-    return main([str(a) for a in args] + ["--no-progress"])
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -61,21 +59,21 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     p = {name: root / name for name in ("data", "ridge", "brain-it", "brain-it-2", "retrieve", "retrieve-test",
                                         "reconstruct", "eval-ridge", "eval-brain-it-2")}
     with _one_blas_thread():
-        assert _cli("decode", "simulate", "--config", PIPELINES / "simulate-tiny.yaml", "--out", p["data"]) == 0
-        assert _cli("decode", "train", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
-        assert _cli("decode", "train", "--data", p["data"], "--model", "brain-it", "--subject", "subj01",
+        assert run_cli("decode", "simulate", "--config", PIPELINES / "simulate-tiny.yaml", "--out", p["data"]) == 0
+        assert run_cli("decode", "train", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
+        assert run_cli("decode", "train", "--data", p["data"], "--model", "brain-it", "--subject", "subj01",
                     "--steps", 3, "--device", "cpu", "--out", p["brain-it"]) == 0  # fmt: skip
-        assert _cli("decode", "train", "--data", p["data"], "--model", "brain-it", "--adapt-from", p["brain-it"],
+        assert run_cli("decode", "train", "--data", p["data"], "--model", "brain-it", "--adapt-from", p["brain-it"],
                     "--subject", "subj02", "--steps", 3, "--train-fraction", 0.5, "--device", "cpu",
                     "--out", p["brain-it-2"]) == 0  # fmt: skip
-        assert _cli("decode", "retrieve", "--checkpoint", p["ridge"], "--out", p["retrieve"], "--top-k", TOP_K) == 0
-        assert _cli("decode", "retrieve", "--checkpoint", p["ridge"], "--out", p["retrieve-test"], "--pool", "test",
+        assert run_cli("decode", "retrieve", "--checkpoint", p["ridge"], "--out", p["retrieve"], "--top-k", TOP_K) == 0
+        assert run_cli("decode", "retrieve", "--checkpoint", p["ridge"], "--out", p["retrieve-test"], "--pool", "test",
                     "--top-k", 1) == 0  # fmt: skip
-        assert _cli("decode", "reconstruct", "--checkpoint", p["ridge"], "--out", p["reconstruct"], "--limit", 2,
+        assert run_cli("decode", "reconstruct", "--checkpoint", p["ridge"], "--out", p["reconstruct"], "--limit", 2,
                     "--steps", 2) == 0  # fmt: skip
-        assert _cli("decode", "evaluate", "--checkpoint", p["ridge"], "--out", p["eval-ridge"],
+        assert run_cli("decode", "evaluate", "--checkpoint", p["ridge"], "--out", p["eval-ridge"],
                     "--no-reconstruct") == 0  # fmt: skip
-        assert _cli("decode", "evaluate", "--checkpoint", p["brain-it-2"], "--out", p["eval-brain-it-2"],
+        assert run_cli("decode", "evaluate", "--checkpoint", p["brain-it-2"], "--out", p["eval-brain-it-2"],
                     "--recon-limit", 2, "--steps", 2) == 0  # fmt: skip
     p["root"] = root
     return p
@@ -210,9 +208,9 @@ def test_retrieve_from_npy_and_nifti_equals_the_stored_test_betas(done: dict[str
     save_volume(volume_from_array(data, voxel_size=4.0), tmp_path / "betas.nii.gz")
     save_volume(volume_from_array(mask, voxel_size=4.0), tmp_path / "mask.nii.gz")
     with _one_blas_thread():
-        assert _cli("decode", "retrieve", "--checkpoint", done["ridge"], "--out", tmp_path / "npy",
+        assert run_cli("decode", "retrieve", "--checkpoint", done["ridge"], "--out", tmp_path / "npy",
                     "--fmri", npy, "--top-k", TOP_K) == 0  # fmt: skip
-        assert _cli("decode", "retrieve", "--checkpoint", done["ridge"], "--out", tmp_path / "nii",
+        assert run_cli("decode", "retrieve", "--checkpoint", done["ridge"], "--out", tmp_path / "nii",
                     "--fmri", tmp_path / "betas.nii.gz", "--mask", tmp_path / "mask.nii.gz", "--top-k", TOP_K) == 0
     for name in ("npy", "nii"):
         rows = _read_csv(tmp_path / name / "retrieval.csv")
@@ -224,42 +222,33 @@ def test_retrieve_from_npy_and_nifti_equals_the_stored_test_betas(done: dict[str
         assert (tmp_path / name / "retrieval.png").is_file()
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
-    capsys.readouterr()
-    assert _cli(*args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in captured.err + captured.out
-    return err
-
 
 def test_bad_inputs_give_one_line_and_exit_2(done: dict[str, Path], subj01, tmp_path: Path, capsys) -> None:
     betas, _, subject = subj01
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, betas[:, :-3])
-    err = _one_line_error(capsys, "decode", "retrieve", "--checkpoint", done["ridge"], "--fmri", wrong,
+    err = one_line_error(capsys, "decode", "retrieve", "--checkpoint", done["ridge"], "--fmri", wrong,
                           "--out", tmp_path / "r")  # fmt: skip
     assert str(wrong) in err and f"reads {subject.n_voxels} voxels per row" in err
-    err = _one_line_error(capsys, "decode", "retrieve", "--checkpoint", tmp_path / "no-run", "--out", tmp_path / "r")
+    err = one_line_error(capsys, "decode", "retrieve", "--checkpoint", tmp_path / "no-run", "--out", tmp_path / "r")
     assert str(tmp_path / "no-run") in err and "not a decoding run" in err
-    err = _one_line_error(capsys, "decode", "evaluate", "--checkpoint", tmp_path / "no-run", "--out", tmp_path / "e")
+    err = one_line_error(capsys, "decode", "evaluate", "--checkpoint", tmp_path / "no-run", "--out", tmp_path / "e")
     assert "not a decoding run" in err
-    err = _one_line_error(capsys, "decode", "train", "--data", done["data"], "--model", "mindeyes",
+    err = one_line_error(capsys, "decode", "train", "--data", done["data"], "--model", "mindeyes",
                           "--out", tmp_path / "t")  # fmt: skip
     assert "'model' must be one of ['mindeye', 'brain-it', 'ridge']. 'mindeyes' was provided." in err
-    err = _one_line_error(capsys, "decode", "train", "--data", tmp_path, "--model", "ridge", "--out", tmp_path / "t")
+    err = one_line_error(capsys, "decode", "train", "--data", tmp_path, "--model", "ridge", "--out", tmp_path / "t")
     assert "not a decoding data folder" in err
     padded = np.zeros((*(s + 1 for s in subject.mask_shape), 2), dtype=np.float32)
     save_volume(volume_from_array(padded), tmp_path / "grid.nii.gz")
-    err = _one_line_error(capsys, "decode", "retrieve", "--checkpoint", done["ridge"], "--fmri",
+    err = one_line_error(capsys, "decode", "retrieve", "--checkpoint", done["ridge"], "--fmri",
                           tmp_path / "grid.nii.gz", "--out", tmp_path / "r")  # fmt: skip
     assert "give --mask" in err
     typo = tmp_path / "typo.yaml"
     typo.write_text("model: ridge\nstepz: 3\n")
-    err = _one_line_error(capsys, "decode", "train", "--data", done["data"], "--config", typo, "--out", tmp_path / "t")
+    err = one_line_error(capsys, "decode", "train", "--data", done["data"], "--config", typo, "--out", tmp_path / "t")
     assert f"{typo}: unknown setting(s) ['stepz']" in err
-    err = _one_line_error(capsys, "decode", "train", "--data", done["data"], "--model", "brain-it", "--adapt-from",
+    err = one_line_error(capsys, "decode", "train", "--data", done["data"], "--model", "brain-it", "--adapt-from",
                           done["ridge"], "--subject", "subj02", "--out", tmp_path / "t")  # fmt: skip
     assert "needs a Brain-IT run, not 'ridge'" in err
     assert not any((tmp_path / n).exists() for n in ("r", "e", "t"))

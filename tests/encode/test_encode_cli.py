@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from cli_support import one_line_error, run_cli
 from threadpoolctl import threadpool_limits
 
-from neuroattn.cli import main
 from neuroattn.decode.pipeline import SimulateSettings
 from neuroattn.encode.braincorl import BraInCoRLConfig
 from neuroattn.encode.braincorl_training import InContextEncoder
@@ -30,9 +30,6 @@ ENCODE = ROOT / "pipelines" / "encode"
 TINY_DATA = ROOT / "pipelines" / "decode" / "simulate-tiny.yaml"
 
 
-def _cli(*args: str | Path) -> int:
-    return main([str(a) for a in args] + ["--no-progress"])
-
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
@@ -46,18 +43,18 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     p = {name: root / name for name in ("data", "ridge", "braincorl", "lavca", "pred", "eval-ridge", "eval-bc",
                                         "eval-lavca", "captions")}
     with threadpool_limits(limits=1):
-        assert _cli("decode", "simulate", "--config", TINY_DATA, "--out", p["data"], "--generator-steps", 0) == 0
-        assert _cli("encode", "fit", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
-        assert _cli("encode", "fit", "--data", p["data"], "--config", ENCODE / "tiny.yaml", "--out", p["braincorl"],
+        assert run_cli("decode", "simulate", "--config", TINY_DATA, "--out", p["data"], "--generator-steps", 0) == 0
+        assert run_cli("encode", "fit", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
+        assert run_cli("encode", "fit", "--data", p["data"], "--config", ENCODE / "tiny.yaml", "--out", p["braincorl"],
                     "--k", 40) == 0  # fmt: skip
-        assert _cli("encode", "fit", "--data", p["data"], "--model", "lavca", "--roi", "V4", "--roi", "higher",
+        assert run_cli("encode", "fit", "--data", p["data"], "--model", "lavca", "--roi", "V4", "--roi", "higher",
                     "--out", p["lavca"]) == 0  # fmt: skip
-        assert _cli("encode", "predict", "--run", p["ridge"], "--out", p["pred"], "--text", "a red circle",
+        assert run_cli("encode", "predict", "--run", p["ridge"], "--out", p["pred"], "--text", "a red circle",
                     "--no-figures") == 0  # fmt: skip
-        assert _cli("encode", "evaluate", "--run", p["ridge"], "--out", p["eval-ridge"]) == 0
-        assert _cli("encode", "evaluate", "--run", p["braincorl"], "--out", p["eval-bc"], "--no-figures") == 0
-        assert _cli("encode", "evaluate", "--run", p["lavca"], "--out", p["eval-lavca"], "--no-figures") == 0
-        assert _cli("encode", "caption", "--run", p["braincorl"], "--out", p["captions"]) == 0
+        assert run_cli("encode", "evaluate", "--run", p["ridge"], "--out", p["eval-ridge"]) == 0
+        assert run_cli("encode", "evaluate", "--run", p["braincorl"], "--out", p["eval-bc"], "--no-figures") == 0
+        assert run_cli("encode", "evaluate", "--run", p["lavca"], "--out", p["eval-lavca"], "--no-figures") == 0
+        assert run_cli("encode", "caption", "--run", p["braincorl"], "--out", p["captions"]) == 0
     return p
 
 
@@ -147,26 +144,17 @@ def test_lavca_captions_every_roi_voxel_and_scores_them(done: dict[str, Path]) -
     assert (done["captions"] / "captions_top_images.png").is_file()
 
 
-def _one_line_error(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
-    capsys.readouterr()
-    assert _cli(*args) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert "Traceback" not in captured.err + captured.out
-    return err
-
 
 def test_bad_inputs_give_one_line_and_exit_2(done: dict[str, Path], tmp_path: Path, capsys) -> None:
-    err = _one_line_error(capsys, "encode", "evaluate", "--run", tmp_path / "no-run", "--out", tmp_path / "e")
+    err = one_line_error(capsys, "encode", "evaluate", "--run", tmp_path / "no-run", "--out", tmp_path / "e")
     assert "not an encoding run folder" in err
-    err = _one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridges", "--out", tmp_path / "f")
+    err = one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridges", "--out", tmp_path / "f")
     assert "'model' must be one of" in err
-    err = _one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridge", "--roi", "V9",
+    err = one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridge", "--roi", "V9",
                           "--out", tmp_path / "g")  # fmt: skip
     assert "unknown ROI(s) ['V9']" in err
-    err = _one_line_error(capsys, "encode", "fit", "--data", tmp_path, "--model", "ridge", "--out", tmp_path / "h")
+    err = one_line_error(capsys, "encode", "fit", "--data", tmp_path, "--model", "ridge", "--out", tmp_path / "h")
     assert "not a decoding data folder" in err
-    err = _one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridge", "--subject", "subj09",
+    err = one_line_error(capsys, "encode", "fit", "--data", done["data"], "--model", "ridge", "--subject", "subj09",
                           "--out", tmp_path / "i")  # fmt: skip
     assert "no subject 'subj09'" in err

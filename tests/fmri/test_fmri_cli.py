@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_support import one_line_error, run_cli
 from safetensors.torch import load_file
 
-from neuroattn.cli import main
 from neuroattn.fmri.inputs import read_fmri_runs
 from neuroattn.fmri.registry import get_model
 
@@ -28,30 +28,27 @@ CONFIGS = {
 }
 
 
-def _cli(*args: str | Path) -> int:
-    return main([str(a) for a in args] + ["--no-progress"])
-
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Run the whole pipeline once from the command line; tests then inspect its files."""
     root = tmp_path_factory.mktemp("fmri_cli")
     cohort = root / "cohort"
-    assert _cli("data", "synth-fmri", "--out", cohort, "--subjects", N_SUBJECTS, "--frames", N_FRAMES,
+    assert run_cli("data", "synth-fmri", "--out", cohort, "--subjects", N_SUBJECTS, "--frames", N_FRAMES,
                 "--voxel-size", 10) == 0  # fmt: skip
     paths = {"root": root, "cohort": cohort, "labels": cohort / "participants.tsv", "tokens": root / "tokens"}
-    assert _cli("fmri", "tokenize", "--input", cohort, "--out", paths["tokens"]) == 0
+    assert run_cli("fmri", "tokenize", "--input", cohort, "--out", paths["tokens"]) == 0
     for name in MODELS:
         config = root / f"{name}.yaml"
         config.write_text(CONFIGS[name].format(rois=cohort / "rois_dseg.nii.gz"))
         run = paths[f"run:{name}"] = root / f"run-{name}"
-        assert _cli("fmri", "pretrain", "--config", config, "--input", cohort, "--out", run,
+        assert run_cli("fmri", "pretrain", "--config", config, "--input", cohort, "--out", run,
                     "--token-cache", paths["tokens"], "--device", "cpu") == 0  # fmt: skip
         probe = paths[f"probe:{name}"] = root / f"probe-{name}"
-        assert _cli("fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", paths["labels"],
+        assert run_cli("fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", paths["labels"],
                     "--out", probe, "--token-cache", paths["tokens"]) == 0  # fmt: skip
     paths["eval"] = root / "eval"
-    assert _cli("fmri", "evaluate", "--input", cohort, "--labels", paths["labels"], "--out", paths["eval"],
+    assert run_cli("fmri", "evaluate", "--input", cohort, "--labels", paths["labels"], "--out", paths["eval"],
                 *[a for n in MODELS for a in ("--checkpoint", f"{n}={paths[f'run:{n}']}")], "--with-random",
                 "--token-cache", paths["tokens"]) == 0  # fmt: skip
     return paths
@@ -69,9 +66,10 @@ def test_tokenize_writes_safetensors_tokens_and_an_index_marked_untrained(done: 
     expected = get_model("tablet").tokenizer(tiny)(run.frames)
     np.testing.assert_allclose(tokens.numpy(), expected, rtol=1e-5, atol=1e-6)
     capsys.readouterr()
-    assert _cli("fmri", "tokenize", "--input", done["cohort"], "--out", done["tokens"]) == 0
+    assert run_cli("fmri", "tokenize", "--input", done["cohort"], "--out", done["tokens"]) == 0
     assert f"0 computed, {N_SUBJECTS} cached" in capsys.readouterr().out
-    assert _cli("fmri", "tokenize", "--model", "brainmae", "--input", done["cohort"], "--out", done["root"] / "x") == 0
+    assert run_cli("fmri", "tokenize", "--model", "brainmae", "--input", done["cohort"],
+                   "--out", done["root"] / "x") == 0
     assert "on the fly" in capsys.readouterr().out and not (done["root"] / "x").exists()
 
 
@@ -134,7 +132,7 @@ def test_evaluate_compares_every_checkpoint_with_its_random_init(done: dict[str,
 
 def test_probe_without_checkpoint_is_a_random_init_labelled_untrained(done: dict[str, Path]) -> None:
     out = done["root"] / "probe-random"
-    assert _cli("fmri", "probe", "--model", "brainmae", "--input", done["cohort"], "--labels", done["labels"],
+    assert run_cli("fmri", "probe", "--model", "brainmae", "--input", done["cohort"], "--labels", done["labels"],
                 "--rois", done["cohort"] / "rois_dseg.nii.gz", "--out", out) == 0  # fmt: skip
     probe = json.loads((out / "probe.json").read_text())
     assert probe["checkpoint"] is None and probe["trained"] is False and probe["untrained"] == ["encoder (random init)"]
@@ -146,47 +144,40 @@ def test_brainmae_pretraining_resumes_from_its_checkpoint(done: dict[str, Path],
     config = done["root"] / "brainmae.yaml"
     out = tmp_path / "run"
     args = ("fmri", "pretrain", "--config", config, "--input", done["cohort"], "--out", out)
-    assert _cli(*args, "--steps", 2) == 0
-    err = _one_line_error(capsys, *args, "--steps", 4)
+    assert run_cli(*args, "--steps", 2) == 0
+    err = one_line_error(capsys, *args, "--steps", 4)
     assert "already holds a training run" in err
-    assert _cli(*args, "--steps", 4, "--resume") == 0
+    assert run_cli(*args, "--steps", 4, "--resume") == 0
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["resumed_from"], summary["steps"], summary["finished"]) == (2, 4, True)
     assert pd.read_csv(out / "metrics.csv")["step"].tolist()[-1] == 4
     assert json.loads((out / "fmri_run.json").read_text())["steps"] == 4
 
 
-def _one_line_error(capsys, *args: str | Path) -> str:
-    capsys.readouterr()
-    assert _cli(*args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
-
 
 def test_bad_inputs_give_one_line_and_exit_2(done: dict[str, Path], tmp_path: Path, capsys) -> None:
     cohort, labels, run = done["cohort"], done["labels"], done["run:brainmae"]
     short = tmp_path / "labels.tsv"
     short.write_text("\n".join(labels.read_text().splitlines()[:-1]) + "\n")  # drops the last subject
-    err = _one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", short,
+    err = one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", short,
                           "--out", tmp_path / "p")  # fmt: skip
     assert f"no 'label' label for subject(s) {N_SUBJECTS:03d}" in err
-    err = _one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", labels,
+    err = one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--input", cohort, "--labels", labels,
                           "--label-column", "age", "--out", tmp_path / "p")  # fmt: skip
     assert "no label column 'age'" in err
-    err = _one_line_error(capsys, "fmri", "pretrain", "--model", "swiftx", "--input", cohort, "--out", tmp_path / "r")
+    err = one_line_error(capsys, "fmri", "pretrain", "--model", "swiftx", "--input", cohort, "--out", tmp_path / "r")
     assert "unknown fMRI model 'swiftx'; available: brainmae, slim-brain, tablet" in err
-    err = _one_line_error(capsys, "fmri", "pretrain", "--model", "tablet", "--input", tmp_path / "nowhere",
+    err = one_line_error(capsys, "fmri", "pretrain", "--model", "tablet", "--input", tmp_path / "nowhere",
                           "--out", tmp_path / "r")  # fmt: skip
     assert "nowhere: not found" in err
     config = tmp_path / "typo.yaml"
     config.write_text("model: tablet\nmodel_config:\n  tokenizer:\n    cube: 16\n")
-    err = _one_line_error(capsys, "fmri", "pretrain", "--config", config, "--input", cohort, "--out", tmp_path / "r")
+    err = one_line_error(capsys, "fmri", "pretrain", "--config", config, "--input", cohort, "--out", tmp_path / "r")
     assert f"{config}: model_config.tokenizer: unknown setting(s) ['cube']" in err
-    err = _one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--model", "tablet", "--input", cohort,
+    err = one_line_error(capsys, "fmri", "probe", "--checkpoint", run, "--model", "tablet", "--input", cohort,
                           "--labels", labels, "--out", tmp_path / "p")  # fmt: skip
     assert "holds a brainmae model, but --model is 'tablet'" in err
-    err = _one_line_error(capsys, "fmri", "evaluate", "--checkpoint", cohort, "--input", cohort, "--labels", labels,
+    err = one_line_error(capsys, "fmri", "evaluate", "--checkpoint", cohort, "--input", cohort, "--labels", labels,
                           "--out", tmp_path / "e")  # fmt: skip
     assert "not a checkpoint folder" in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
