@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from nbclient import NotebookClient
+from notebook_support import execute_quick
 from threadpoolctl import threadpool_limits
 
 from neuroattn.brain3d.conditioning import decode_conditioning, region_groups
@@ -37,19 +37,7 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.NotebookNode, Path, dict]:
     out = tmp_path_factory.mktemp("brain3d_notebook")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEUROATTN_NOTEBOOK_QUICK", "1")
-        mp.setenv("NEUROATTN_NOTEBOOK_OUT", str(out))
-        mp.setenv("NEUROATTN_PIPELINES", str(ROOT / "pipelines"))
-        mp.setenv("OPENBLAS_NUM_THREADS", "1")  # spinning BLAS threads on two shared cores slow ridge a lot
-        mp.setenv("OMP_NUM_THREADS", "1")
-        # importing streamlit (the app tests, same worker) sets MPLBACKEND=Agg, which would hide the kernel's figures
-        mp.delenv("MPLBACKEND", raising=False)
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
-        client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(out)}})
-        client.execute()
-    nbformat.write(notebook, out / "executed.ipynb")
+    notebook = execute_quick(NOTEBOOK, out)
     return notebook, out, json.loads((out / "notebook_summary.json").read_text())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from notebook_support import execute_quick
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "decoding.ipynb"
 DECODERS = ["ridge", "mindeye", "brain-it"]
@@ -21,18 +21,7 @@ def _text(cell: nbformat.NotebookNode) -> str:
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.NotebookNode, Path]:
     out = tmp_path_factory.mktemp("decoding_notebook")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NEUROATTN_NOTEBOOK_QUICK", "1")
-        mp.setenv("NEUROATTN_NOTEBOOK_OUT", str(out))
-        # one BLAS thread in the kernel: spinning OpenBLAS threads on a busy small machine slow ridge 100x
-        mp.setenv("OPENBLAS_NUM_THREADS", "1")
-        mp.setenv("OMP_NUM_THREADS", "1")
-        # importing streamlit (the app tests, same worker) sets MPLBACKEND=Agg, which would hide the kernel's figures
-        mp.delenv("MPLBACKEND", raising=False)
-        notebook = nbformat.read(NOTEBOOK, as_version=4)
-        client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(out)}})
-        client.execute()
+    notebook = execute_quick(NOTEBOOK, out)
     return notebook, out
 
 
