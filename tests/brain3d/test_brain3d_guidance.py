@@ -13,6 +13,8 @@ from neuroattn.brain3d.render import render_view
 from neuroattn.decode.autoencoder import tiny_autoencoder
 from neuroattn.errors import CheckpointError, ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE, DIM = 16, 16
 
 
@@ -34,15 +36,6 @@ class _OracleUNet(torch.nn.Module):
         a = self.a[t].view(-1, 1, 1, 1)
         eps = (x_t - a.sqrt() * self.x0) / (1 - a).sqrt()
         return _Out(eps if self.kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * self.x0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers in grid_sample's backward stall badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _target() -> torch.Tensor:

@@ -17,16 +17,9 @@ from neuroattn.brain3d.shapes import default_scene, grid_points
 from neuroattn.brain3d.stage1 import ReferenceView, Stage1Config, reconstruction_terms, run_stage1
 from neuroattn.brain3d.turntable import render_turntable
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TRAIN = [Camera(36.0 * k + 10, 40.0 if k % 2 else -15.0) for k in range(10)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers in grid_sample's backward stall badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _views(size: int) -> list[ReferenceView]:

@@ -14,19 +14,12 @@ from neuroattn.brain3d.shapes import default_scene
 from neuroattn.brain3d.stage1 import ReferenceView, Stage1Config, estimate_background, foreground_mask, run_stage1
 from neuroattn.errors import ConfigError, InvalidInputError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 32
 # ten training views alternating above and below the equator; held-out views lie between them at another height
 TRAIN = [Camera(36.0 * k + 10, 40.0 if k % 2 else -15.0) for k in range(10)]
 HELD_OUT = orbit_cameras(5, elevation=25.0, start=47.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers in grid_sample's backward stall badly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

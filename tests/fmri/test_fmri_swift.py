@@ -23,10 +23,7 @@ from neuroattn.fmri.swift import (
 )
 from neuroattn.train import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _runs(n_runs: int, frames: int, seed: int = 0) -> list[np.ndarray]:

@@ -18,19 +18,13 @@ from neuroattn.harmonize.metrics import distribution_distances, kernel_bandwidth
 from neuroattn.harmonize.model_harmonizer import SACycleGANHarmonizer, UntrainedModelWarning
 from neuroattn.harmonize.slices import fit_scaling, translate_volume
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOXEL_MM = 6.0  # (27, 33, 29) volumes: small enough to train on a CPU in seconds
 GAIN, GAMMA = 1.7, 2.0  # the planted site-B effect: B = GAIN * A_clean ** GAMMA (+ noise)
 NOISE = 0.01
 TINY = dict(base_channels=8, n_res_blocks=3, disc_channels=16, disc_layers=2, batch_size=4, device="cpu",
             amp="off", progress=False, checkpoint_every=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: oversubscribed OpenMP threads are much slower than one
-    yield
-    torch.set_num_threads(threads)
 
 
 def planted_cohort(seed: int = 0, n_train: int = 3, n_test: int = 2) -> dict:

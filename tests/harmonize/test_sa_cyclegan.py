@@ -27,15 +27,9 @@ from neuroattn.harmonize.training import (
 from neuroattn.nn import SpatialSelfAttention2d
 from neuroattn.nn.conv import CBAM, MultiScaleDiscriminator, ResnetBlock
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(base_channels=8, n_res_blocks=3, disc_channels=8, disc_layers=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def attention_layers(module: nn.Module) -> list[SpatialSelfAttention2d]:

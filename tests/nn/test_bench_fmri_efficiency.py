@@ -23,20 +23,13 @@ from neuroattn.bench.fmri_efficiency import (
     tiny_preset,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROW_KEYS = {
     "model", "frames", "volume", "batch", "tokens", "params_M", "peak_MB", "activation_MB", "state_MB", "step_ms",
     "vs_baseline", "activation_vs_baseline", "memory_method", "status",
 }  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the suite shares two cores, where OpenMP spinning makes tiny ops 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

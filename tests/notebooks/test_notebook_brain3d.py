@@ -20,18 +20,10 @@ from neuroattn.brain3d.conditioning import decode_conditioning, region_groups
 from neuroattn.data.nsd import load_subject
 from neuroattn.decode.runs import open_run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "brain3d.ipynb"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The reference computations in this process: one thread, as on two shared cores they only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

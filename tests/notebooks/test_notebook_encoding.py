@@ -19,6 +19,8 @@ from neuroattn.encode.run_outputs import describe_voxels, text_selectivity
 from neuroattn.encode.runs import EncodeSettings, open_run
 from neuroattn.pipelines import load_pipeline_config
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "encoding.ipynb"
 MODELS = ["ridge", "braincorl", "lavca"]
@@ -30,16 +32,6 @@ def _text(cell: nbformat.NotebookNode) -> str:
 
 def _cell(notebook: nbformat.NotebookNode, marker: str) -> nbformat.NotebookNode:
     return next(c for c in notebook.cells if c.cell_type == "code" and marker in c.source)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The reference computations in this process: one thread, as on two shared cores they only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
