@@ -35,3 +35,19 @@ def load_pipeline_config(path: str | Path, config_class: type[T]) -> T:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
+
+
+def model_settings(config: str | Path | None, model: str | None, config_class: type[T], models: str) -> T:
+    """Settings from a YAML ``config``, else the defaults for ``model``; when both are given they must agree.
+
+    ``config_class`` is a dataclass with a ``model`` field; ``models`` lists the choices for the error message.
+    """
+    if config is not None:
+        settings = load_pipeline_config(config, config_class)
+        chosen = settings.model  # type: ignore[attr-defined]
+        if model is not None and model != chosen:
+            raise ConfigError(f"{config}: settings for '{chosen}', but --model is '{model}'")
+        return settings
+    if model is None:
+        raise ConfigError(f"give --model ({models}) or --config")
+    return config_class(model=model)  # type: ignore[call-arg]

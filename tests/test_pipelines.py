@@ -37,3 +37,17 @@ def test_bad_config_messages(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_pipeline_config(path, HarmonizationDemoConfig)
     assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def test_model_settings_agree_with_model_or_say_what_to_give(tmp_path: Path) -> None:
+    from neuroattn.encode.runs import EncodeSettings
+    from neuroattn.pipelines import model_settings
+
+    path = tmp_path / "lavca.yaml"
+    path.write_text("model: lavca\nk: 50\n")
+    assert model_settings(path, None, EncodeSettings, "ridge | lavca").k == 50
+    assert model_settings(None, "ridge", EncodeSettings, "ridge | lavca") == EncodeSettings(model="ridge")
+    with pytest.raises(ConfigError, match="settings for 'lavca', but --model is 'ridge'"):
+        model_settings(path, "ridge", EncodeSettings, "ridge | lavca")
+    with pytest.raises(ConfigError, match=r"give --model \(ridge \| lavca\) or --config"):
+        model_settings(None, None, EncodeSettings, "ridge | lavca")

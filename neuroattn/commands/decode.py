@@ -108,16 +108,9 @@ def train(
     """Train a decoder on a data folder (or adapt a trained Brain-IT to a new subject)."""
     from neuroattn.decode.data_bundle import open_decoding_data
     from neuroattn.decode.runs import DecodeSettings, adapt_brain_it, train_decoder
-    from neuroattn.pipelines import load_pipeline_config
+    from neuroattn.pipelines import model_settings
 
-    if config is not None:
-        settings = load_pipeline_config(config, DecodeSettings)
-        if model is not None and model != settings.model:
-            raise ConfigError(f"{config}: settings for '{settings.model}', but --model is '{model}'")
-    elif model is not None:
-        settings = DecodeSettings(model=model)
-    else:
-        raise ConfigError("give --model (mindeye | brain-it | ridge) or --config")
+    settings = model_settings(config, model, DecodeSettings, "mindeye | brain-it | ridge")
     if subject:
         settings.subjects = list(subject)
     if steps is not None:

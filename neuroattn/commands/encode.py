@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from neuroattn.errors import ConfigError
-
 encode_app = typer.Typer(help="Encoding models of visual cortex (ridge, BraInCoRL, LaVCa): fit voxel encoders, "
                               "predict responses and text-query maps, caption voxels, evaluate.",
                          no_args_is_help=True)
@@ -41,16 +39,9 @@ def fit(
 ) -> None:
     """Fit a voxelwise encoder for one subject (BraInCoRL: meta-train on the others, then read k images)."""
     from neuroattn.encode.runs import EncodeSettings, fit_encoder, open_run
-    from neuroattn.pipelines import load_pipeline_config
+    from neuroattn.pipelines import model_settings
 
-    if config is not None:
-        settings = load_pipeline_config(config, EncodeSettings)
-        if model is not None and model != settings.model:
-            raise ConfigError(f"{config}: settings for '{settings.model}', but --model is '{model}'")
-    elif model is not None:
-        settings = EncodeSettings(model=model)
-    else:
-        raise ConfigError("give --model (ridge | braincorl | lavca) or --config")
+    settings = model_settings(config, model, EncodeSettings, "ridge | braincorl | lavca")
     for key, value in (("subject", subject), ("k", k), ("meta_steps", meta_steps), ("device", device)):
         if value is not None:
             setattr(settings, key, value)
