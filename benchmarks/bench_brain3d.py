@@ -1,7 +1,7 @@
 """Seconds per Brain3D object per stage (conditioning, stage 1, refine, export, turntable) at a pipeline config.
 
     python benchmarks/bench_brain3d.py                      # small.yaml on the CPU, a tiny simulated data folder
-    python benchmarks/bench_brain3d.py --device cuda        # the guidance UNet on the GPU (rendering stays on CPU)
+    python benchmarks/bench_brain3d.py --device cuda        # field, renderer and guidance on the GPU
 
 Without ``--checkpoint`` a tiny data folder (``pipelines/decode/simulate-tiny.yaml``) and a ridge run are made in
 a temporary folder first (not timed). Writes ``benchmarks/results/brain3d-<device>.json`` unless ``--out`` is given.
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=PIPELINES / "brain3d" / "small.yaml")
     parser.add_argument("--checkpoint", type=Path, default=None, help="decoding run (default: a tiny one is made)")
     parser.add_argument("--objects", type=int, default=3, help="test trials turned into objects (after 1 warm-up)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda (where the guidance UNet runs)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (where the field, renderer and guidance run)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -45,7 +45,7 @@ def silhouettes(result: Brain3DResult, settings: Brain3DSettings) -> np.ndarray:
     with torch.no_grad():
         masks = [render_view(result.field, cam, settings.turntable_size, n_samples=settings.n_samples).opacity > 0.5
                  for cam in cams]
-    return torch.stack(masks).numpy()
+    return torch.stack(masks).cpu().numpy()
 
 
 def compare(base: Brain3DResult, other: Brain3DResult, base_sil: np.ndarray, other_sil: np.ndarray

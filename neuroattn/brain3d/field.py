@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neuroattn.brain3d.render import field_device
 from neuroattn.errors import ConfigError
 
 DENSITY_THRESHOLD = 5.0  # 1/world unit: the level taken as the surface (half the density of a freshly fitted solid)
@@ -88,10 +89,13 @@ class RadianceField(nn.Module):
 @torch.no_grad()
 def query_grid(field: nn.Module | object, resolution: int, bound: float = 1.0, chunk: int = 65536
                ) -> tuple[Tensor, Tensor]:
-    """Density (R, R, R) and colour (R, R, R, 3) of any renderable at the corner-to-corner grid, indexed (x, y, z)."""
-    axis = torch.linspace(-bound, bound, resolution)
+    """Density (R, R, R) and colour (R, R, R, 3) of any renderable at the corner-to-corner grid, indexed (x, y, z).
+
+    The field is queried on its own device; the grids come back on the CPU.
+    """
+    axis = torch.linspace(-bound, bound, resolution, device=field_device(field))
     points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)  # (R^3, 3)
     parts = [field(points[i : i + chunk]) for i in range(0, points.shape[0], chunk)]  # type: ignore[operator]
-    density = torch.cat([p[0] for p in parts]).reshape(resolution, resolution, resolution)
-    colour = torch.cat([p[1] for p in parts]).reshape(resolution, resolution, resolution, 3)
+    density = torch.cat([p[0] for p in parts]).reshape(resolution, resolution, resolution).cpu()
+    colour = torch.cat([p[1] for p in parts]).reshape(resolution, resolution, resolution, 3).cpu()
     return density, colour

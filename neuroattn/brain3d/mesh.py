@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from neuroattn.brain3d.field import DENSITY_THRESHOLD, query_grid
+from neuroattn.brain3d.render import field_device
 from neuroattn.errors import InvalidInputError
 from neuroattn.io.atomic import atomic_path
 
@@ -98,10 +99,10 @@ def colour_vertices(mesh: Mesh, field: object, chunk: int = 65536) -> Mesh:
     """The mesh with vertex colours from a renderable's colour output at its vertices."""
     if len(mesh.vertices) == 0:
         return mesh
-    pts = torch.from_numpy(mesh.vertices).float()
+    pts = torch.from_numpy(mesh.vertices).float().to(field_device(field))
     with torch.no_grad():
         colours = torch.cat([field(pts[i : i + chunk])[1] for i in range(0, len(pts), chunk)])  # type: ignore[operator]
-    return Mesh(mesh.vertices, mesh.faces, colours.double().clamp(0, 1).numpy())
+    return Mesh(mesh.vertices, mesh.faces, colours.double().clamp(0, 1).cpu().numpy())
 
 
 def extract_mesh(field: object, resolution: int = 64, threshold: float | None = None) -> Mesh:
@@ -116,10 +117,10 @@ def extract_mesh(field: object, resolution: int = 64, threshold: float | None = 
     bound = float(getattr(getattr(field, "config", None), "bound", 1.0))
     if hasattr(field, "sdf"):
         level = 0.0 if threshold is None else float(threshold)
-        axis = torch.linspace(-bound, bound, resolution)
+        axis = torch.linspace(-bound, bound, resolution, device=field_device(field))
         pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)  # (R^3, 3)
         with torch.no_grad():
-            sdf = field.sdf(pts).reshape(resolution, resolution, resolution).double().numpy()  # type: ignore
+            sdf = field.sdf(pts).reshape(resolution, resolution, resolution).double().cpu().numpy()  # type: ignore
         mesh = mesh_from_grid(-sdf, -level, bound)
     else:
         level = DENSITY_THRESHOLD if threshold is None else float(threshold)

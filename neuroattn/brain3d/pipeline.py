@@ -54,7 +54,7 @@ class Brain3DSettings:
     lowlevel_groups: tuple[str, ...] = LOWLEVEL_GROUPS  # ROI groups read by the low-level (image) head
     semantic_groups: tuple[str, ...] = SEMANTIC_GROUPS  # ROI groups read by the CLIP head
     seed: int = 0
-    device: str = "cpu"  # where the guidance UNet runs: cpu | cuda | auto (rendering stays on the CPU)
+    device: str = "cpu"  # where the field, renderer and guidance run: cpu | cuda | auto (turntable on the CPU)
     stage1: dict[str, Any] = field(default_factory=dict)  # further Stage1Config fields (``field``: FieldConfig's)
     refine: dict[str, Any] = field(default_factory=dict)  # further RefineConfig fields
 
@@ -87,7 +87,7 @@ class Brain3DSettings:
         field_cfg = {"resolution": self.field_resolution, "blob": 3.0} | dict(extra.pop("field", {}) or {})
         _check_keys("stage1", extra, Stage1Config)
         base = {"steps": self.stage1_steps, "render_size": self.render_size, "n_samples": self.n_samples,
-                "sds_weight": self.sds_weight, "seed": self.seed}
+                "sds_weight": self.sds_weight, "seed": self.seed, "device": self.resolved_device()}
         _check_keys("stage1.field", field_cfg, FieldConfig)
         return Stage1Config(field=FieldConfig(**field_cfg), **(base | extra))
 
@@ -253,11 +253,11 @@ def untrained_parts(cond: Conditioning, guidance: dict[str, Any], inputs: Brain3
 def occupancy_grid(sdf_field: SdfField, resolution: int) -> np.ndarray:
     """Bool (R, R, R) indexed (x, y, z): grid points inside the refined surface (SDF < 0)."""
     bound = float(sdf_field.bound)
-    axis = torch.linspace(-bound, bound, resolution)
+    axis = torch.linspace(-bound, bound, resolution, device=sdf_field.sdf_grid.device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)  # (R^3, 3)
     with torch.no_grad():
         sdf = sdf_field.sdf(pts).reshape(resolution, resolution, resolution)
-    return (sdf < 0).numpy()
+    return (sdf < 0).cpu().numpy()
 
 
 def _save_png(image: np.ndarray, path: Path) -> Path:

@@ -112,7 +112,8 @@ def field_from_stage1(stage1: Stage1Result, config: RefineConfig) -> SdfField:
     logits = torch.logit(colour.clamp(0.02, 0.98))
     sdf_zyx = sdf.permute(2, 1, 0)[None]  # (1, Z, Y, X)
     logits_zyx = logits.permute(3, 2, 1, 0)  # (3, Z, Y, X)
-    return SdfField(sdf_zyx.contiguous(), logits_zyx.contiguous(), config.beta, bound)
+    field = SdfField(sdf_zyx.contiguous(), logits_zyx.contiguous(), config.beta, bound)
+    return field.to(stage1.config.device)
 
 
 @dataclass
@@ -140,7 +141,8 @@ def run_refine(stage1_result: Stage1Result, reference_image: Tensor | None, cond
     if reference_image is None and not views:
         views = stage1_result.views
     ref_views, background = prepare_views(reference_image, reference_mask, views, s1.reference_camera(),
-                                          config.render_size, bg, s1.mask_threshold)  # type: ignore[arg-type]
+                                          config.render_size, bg, s1.mask_threshold,  # type: ignore[arg-type]
+                                          device=s1.device)
     model = field_from_stage1(stage1_result, config)
     optimizer = torch.optim.Adam([{"params": [model.sdf_grid], "lr": config.lr},
                                   {"params": [model.colour_grid], "lr": config.colour_lr}])

@@ -23,6 +23,14 @@ class RenderOutput:
     depth: Tensor  # (H, W) expected depth along the ray (world units), divided by opacity; 0 where nothing is hit
 
 
+def field_device(field: object) -> torch.device:
+    """Where a renderable computes: the device of its first parameter or buffer (CPU for analytic shapes)."""
+    if isinstance(field, torch.nn.Module):
+        for tensor in (*field.parameters(), *field.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 def ray_box(origins: Tensor, directions: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
     """Slab test against the cube [-bound, bound]^3 for rays (N, 3).
 
@@ -87,7 +95,8 @@ def render_view(field: Renderable, camera: Camera, size: int | tuple[int, int], 
     """Render one camera's image of ``field`` (``size`` = side or (H, W)); ``chunk`` rays at a time if set."""
     height, width = (size, size) if isinstance(size, int) else size
     origins, dirs = get_rays(camera, height, width)
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)  # (H*W, 3)
+    device = field_device(field)
+    origins, dirs = origins.reshape(-1, 3).to(device), dirs.reshape(-1, 3).to(device)  # (H*W, 3)
     step = chunk or origins.shape[0]
     parts = [render_rays(field, origins[i : i + step], dirs[i : i + step], n_samples=n_samples, bound=bound,
                          background=background, generator=generator) for i in range(0, origins.shape[0], step)]

@@ -43,6 +43,7 @@ class Stage1Config:
     background: tuple[float, float, float] | None = None  # RGB in [0, 1]; None: median of the reference's border
     mask_threshold: float = 0.1  # colour distance from the background above which a reference pixel is foreground
     seed: int = 0
+    device: str = "cpu"  # torch device of the field, the renders and the losses (the guidance keeps its own)
 
     def __post_init__(self) -> None:
         if self.recon_loss not in ("l2", "l1"):
@@ -110,9 +111,12 @@ def opacity_regulariser(opacity: Tensor, sparsity: float, entropy: float) -> Ten
 
 
 def prepare_views(reference_image: Tensor | None, reference_mask: Tensor | None, views: Sequence[ReferenceView],
-                  camera: Camera, size: int, background: tuple[float, float, float] | None, threshold: float
-                  ) -> tuple[list[ReferenceView], Tensor]:
-    """Resize and check the reference inputs; estimate the background colour and mask where they are not given."""
+                  camera: Camera, size: int, background: tuple[float, float, float] | None, threshold: float,
+                  *, device: torch.device | str = "cpu") -> tuple[list[ReferenceView], Tensor]:
+    """Resize and check the reference inputs; estimate the background colour and mask where they are not given.
+
+    The views and the background come back on ``device``.
+    """
     out: list[ReferenceView] = []
     if reference_image is not None:
         if reference_image.ndim != 3 or reference_image.shape[0] != 3:
@@ -129,7 +133,7 @@ def prepare_views(reference_image: Tensor | None, reference_mask: Tensor | None,
     for v in views:
         out.append(ReferenceView(v.camera, resize_image(v.image.float(), size),
                                  (resize_image(v.mask.float()[None], size)[0] > 0.5).float()))
-    return out, bg
+    return [ReferenceView(v.camera, v.image.to(device), v.mask.to(device)) for v in out], bg.to(device)
 
 
 def run_stage1(reference_image: Tensor | None, conditioning: Tensor | None, guidance: ScoreDistillation | None,
@@ -149,11 +153,12 @@ def run_stage1(reference_image: Tensor | None, conditioning: Tensor | None, guid
     if guidance is not None and conditioning is None:
         raise ConfigError("'conditioning' is required when 'guidance' is given. None was provided.")
     ref_views, background = prepare_views(reference_image, reference_mask, views, config.reference_camera(),
-                                          config.render_size, config.background, config.mask_threshold)
+                                          config.render_size, config.background, config.mask_threshold,
+                                          device=config.device)
     if not ref_views and guidance is None:
         raise ConfigError("stage 1 needs a reference image, views or guidance; none was provided.")
-    gen = torch.Generator().manual_seed(config.seed)
-    model = RadianceField(config.field, seed=config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # CPU stream: the same cameras and jitter on every device
+    model = RadianceField(config.field, seed=config.seed).to(config.device)
     optimizer = torch.optim.Adam([{"params": [model.grid], "lr": config.lr},
                                   {"params": model.mlp.parameters(), "lr": config.lr / 5}])
     history = fit_views(model, optimizer, ref_views, background, conditioning, guidance, config, gen,
@@ -170,10 +175,10 @@ def fit_views(model: Renderable, optimizer: torch.optim.Optimizer, views: Sequen
     """The shared optimisation loop of both stages; ``extra_loss(step)`` adds a model regulariser (and may anneal)."""
     history: dict[str, list[float]] = {k: [] for k in ("loss", "recon", "silhouette", "sds", "reg")}
     size, kw = config.render_size, {"n_samples": config.n_samples, "background": background}
+    zero = torch.zeros((), device=background.device)
     for step in progress_bar(range(config.steps), desc=desc, disable=not progress, unit="step"):
-        loss = torch.zeros(())
-        recon = sil = sds = torch.zeros(())
-        reg = extra_loss(step) if extra_loss is not None else torch.zeros(())
+        recon = sil = sds = zero
+        reg = extra_loss(step) if extra_loss is not None else zero
         if views:
             view = views[step % len(views)]
             out = render_view(model, view.camera, size, generator=gen, **kw)
@@ -185,7 +190,7 @@ def fit_views(model: Renderable, optimizer: torch.optim.Optimizer, views: Sequen
             outs = [render_view(model, cam, size, generator=gen, **kw) for cam in cams]
             rgb = torch.stack([o.rgb for o in outs])  # (B, 3, H, W)
             opacity = torch.stack([o.opacity for o in outs])  # (B, H, W)
-            sds = guidance(rgb, conditioning, generator=gen).loss
+            sds = guidance(rgb, conditioning, generator=gen).loss.to(zero.device)
             reg = reg + opacity_regulariser(opacity, config.sparsity_weight, config.entropy_weight)
         loss = config.recon_weight * recon + config.mask_weight * sil + config.sds_weight * sds + reg
         optimizer.zero_grad(set_to_none=True)

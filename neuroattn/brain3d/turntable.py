@@ -86,7 +86,7 @@ def render_turntable(obj: Renderable | Mesh, n_frames: int = 24, size: int = 64,
             with torch.no_grad():
                 bg = torch.as_tensor(background, dtype=torch.float32)
                 image = render_view(obj, cam, size, n_samples=n_samples, background=bg, chunk=8192).rgb
-            image = image.permute(1, 2, 0).numpy()  # (H, W, 3)
+            image = image.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
         frames.append(np.clip(np.round(image * 255), 0, 255).astype(np.uint8))
     return np.stack(frames)
 

@@ -18,7 +18,7 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 FmriOpt = Annotated[Path | None, typer.Option("--fmri", help="One trial's betas: .npy (V,) or a NIfTI at the "
                                                             "subject's mask.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (default: the config's).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu | cuda | auto (guidance UNet).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu | cuda | auto (field, renderer and guidance).")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 
 

@@ -95,3 +95,30 @@ def test_input_errors() -> None:
         run_stage1(torch.rand(8, 8, 3), None, None, Stage1Config(steps=1), progress=False)
     with pytest.raises(ConfigError):
         Stage1Config(recon_loss="huber")  # type: ignore[arg-type]
+
+
+def test_settings_put_the_field_on_the_resolved_device() -> None:
+    from neuroattn.brain3d.pipeline import Brain3DSettings
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert Brain3DSettings(device="auto").stage1_config().device == expected
+    assert Brain3DSettings(device="cpu").stage1_config().device == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stage1_and_refine_on_cuda_match_the_cpu_run() -> None:
+    from neuroattn.brain3d.refine import RefineConfig, run_refine
+
+    views = _views()[:3]
+    results = {}
+    for device in ("cpu", "cuda"):
+        config = Stage1Config(steps=20, background=(1.0, 1.0, 1.0), device=device)
+        s1 = run_stage1(None, None, None, config, progress=False, views=views)
+        assert s1.field.grid.device.type == device
+        refined = run_refine(s1, None, None, None, RefineConfig(steps=5, resolution=16, mesh_resolution=24),
+                             progress=False)
+        assert refined.field.sdf_grid.device.type == device
+        results[device] = (s1.history["loss"], refined.history["loss"], len(refined.mesh.faces))
+    np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(results["cuda"][1], results["cpu"][1], rtol=1e-3, atol=1e-5)
+    assert results["cuda"][2] > 0
