@@ -105,7 +105,7 @@ def main() -> None:
         "wall_clock_s": round(time.perf_counter() - start, 1),
         "rows": rows,
         "relative_to_raw": relative,
-        "report": str(files.report_html),
+        "report": str(files.report_html.relative_to(args.out)),  # under --out
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.json, json.dumps(payload, indent=2, default=str) + "\n")
