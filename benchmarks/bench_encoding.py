@@ -3,10 +3,12 @@
 Simulates the encoding data folder (``pipelines/encode/simulate.yaml``, or reuses ``--data``), meta-trains
 BraInCoRL on every subject but the last, and for the held-out subject compares, on its 300 test images:
 BraInCoRL given k of its training images in context, ridge fit on the same k images, and ridge fit on all of
-them (k = 10 ... 500, several random draws). Then LaVCa describes the held-out subject's voxels (ridge
-encoder, stimulus descriptions as captions, keyword composer), scored by Spearman against a top-image-caption
-baseline and a shuffled control, with the rate at which a planted concept voxel's sentence names its concept.
-Prints a table and writes JSON (``--out``).
+them (k = 10 ... 500, several random draws). A Gaussian prior on voxel weights per ROI, learned from the
+other subjects' ridge weights (``neuroattn.encode.gaussian_prior``), reads the same support draws: what a
+prior from other subjects gives at small k, the reference for BraInCoRL's curve. Then LaVCa describes the
+held-out subject's voxels (ridge encoder, stimulus descriptions as captions, keyword composer), scored by
+Spearman against a top-image-caption baseline and a shuffled control, with the rate at which a planted
+concept voxel's sentence names its concept. Prints a table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import numpy as np
 import torch
 
 from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
+from neuroattn.encode.braincorl_training import in_context_curve
+from neuroattn.encode.data import EncodingData
+from neuroattn.encode.gaussian_prior import PriorEncoder, learn_weight_prior
+from neuroattn.encode.ridge_encoder import RidgeEncoder
 from neuroattn.encode.run_outputs import evaluate_encoding_run
 from neuroattn.encode.runs import EncodeSettings, fit_encoder, open_run
 from neuroattn.io.atomic import atomic_write_text
@@ -44,6 +50,28 @@ def _targets(curve: list[dict[str, Any]], captions: dict[str, Any]) -> dict[str,
         "concept_naming_rate": captions.get("concept_naming_rate"),
         "concept_naming_rate_selective": captions.get("concept_naming_rate_selective"),
     }
+
+
+def roi_labels(data: EncodingData, name: str) -> np.ndarray:
+    """ROI name (V,) of every voxel of one subject."""
+    subject = data.subject(name)
+    return np.array([subject.roi_names.get(int(c), "none") for c in subject.roi])
+
+
+def prior_curve(data: EncodingData, ks: list[int], seeds: int, progress: bool) -> dict[str, Any]:
+    """In-context curve of the per-ROI Gaussian weight prior learned from every subject but the last."""
+    emb = data.features.values
+    names = data.subject_names
+    fits = [RidgeEncoder().fit(emb[s.train_ids], s.train_responses) for s in map(data.subject, names[:-1])]
+    noise = 1.0 - float(np.mean([np.clip(f.cv_scores_, 0.0, 1.0).mean() for f in fits]))
+    prior = learn_weight_prior([f.weights_ for f in fits], [roi_labels(data, n) for n in names[:-1]],
+                               noise_fraction=noise)
+    held = data.subject(names[-1])
+    rows = in_context_curve(PriorEncoder(prior, roi_labels(data, names[-1])), emb, held.train_ids,
+                            held.train_responses, held.test_ids, held.test_responses, ks, seeds, progress=progress)
+    curve = [{"k": r["k"], "prior_ev": r["braincorl_ev"], "prior_r": r["braincorl_r"], "ridge_ev": r["ridge_ev"],
+              "ridge_full_ev": r["ridge_full_ev"]} for r in rows]
+    return {"learned_from": names[:-1], "groups": prior.groups, "noise_fraction": noise, "curve": curve}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,6 +103,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
         bc_source = {"from": "this run", "device": args.device, "steps": args.meta_steps, "config": base.braincorl}
 
+    start = time.perf_counter()
+    prior = prior_curve(data, [row["k"] for row in bc_metrics["in_context_curve"]], args.seeds, args.progress)
+    timings["gaussian_prior_curve_s"] = round(time.perf_counter() - start, 1)
+
     lavca = load_pipeline_config(ROOT / "pipelines" / "encode" / "lavca.yaml", EncodeSettings)
     start = time.perf_counter()
     lavca_run = fit_encoder(data, lavca, work / "lavca", progress=args.progress)
@@ -96,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "untrained": opened.untrained_parts(),
         "braincorl": {"source": bc_source, "fit_k": base.k, "rois": bc_metrics["rois"],
                       "curve": bc_metrics["in_context_curve"]},
+        "gaussian_prior": prior,
         "ridge_all_images": {"rois": lavca_metrics["rois"]},
         "lavca": captions,
         "targets": _targets(bc_metrics["in_context_curve"], captions),
@@ -106,11 +139,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     print(f"held-out {result['data']['held_out']}: {result['data']['n_voxels']} voxels, median noise ceiling "
           f"{result['data']['median_noise_ceiling_pct']:.1f}%  [untrained: {', '.join(result['untrained']) or '-'}]")
-    print(f"{'k':>5} | {'BraInCoRL EV':>12} | {'ridge(k) EV':>11} | {'ridge(all) EV':>13} | {'BraInCoRL r':>11} | "
-          f"{'ridge(k) r':>10}")
+    print(f"{'k':>5} | {'BraInCoRL EV':>12} | {'prior EV':>8} | {'ridge(k) EV':>11} | {'ridge(all) EV':>13} | "
+          f"{'BraInCoRL r':>11} | {'ridge(k) r':>10}")
+    prior = {row["k"]: row["prior_ev"] for row in result["gaussian_prior"]["curve"]}
     for row in result["braincorl"]["curve"]:
-        print(f"{row['k']:>5} | {row['braincorl_ev']:>12.3f} | {row['ridge_ev']:>11.3f} | "
-              f"{row['ridge_full_ev']:>13.3f} | {row['braincorl_r']:>11.3f} | {row['ridge_r']:>10.3f}")
+        print(f"{row['k']:>5} | {row['braincorl_ev']:>12.3f} | {prior.get(row['k'], float('nan')):>8.3f} | "
+              f"{row['ridge_ev']:>11.3f} | {row['ridge_full_ev']:>13.3f} | {row['braincorl_r']:>11.3f} | "
+              f"{row['ridge_r']:>10.3f}")
     sp = result["lavca"]["spearman"]
     print(f"LaVCa Spearman {sp['lavca_mean']:.3f} | top-image caption {sp['baseline_mean']:.3f} | "
           f"shuffled {sp['shuffled_mean']:.3f}")
