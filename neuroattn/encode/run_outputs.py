@@ -162,6 +162,31 @@ def braincorl_curve(run: EncodeRun, *, progress: bool = False) -> list[dict[str,
                             progress=progress)
 
 
+def support_attention_rows(run: EncodeRun, top: int = 5) -> list[dict[str, Any]]:
+    """BraInCoRL runs: per voxel, the ``top`` support images its registers attend to most, with their shares.
+
+    The run's hypernetwork re-reads the run's own support set (``support_ids``); shares of one voxel sum to 1
+    over all its support images, so the listed ones show how concentrated its attention is.
+    """
+    from neuroattn.encode.braincorl_training import InContextEncoder
+
+    hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+    s, voxels = run.subject, run.encoder.voxels
+    row_of = {int(image): row for row, image in enumerate(s.train_ids)}
+    support = np.asarray(run.encoder.info["support_ids"], dtype=np.int64)
+    rows = np.array([row_of[int(image)] for image in support])
+    hyper.fit(run.data.features.values[support], s.train_responses[rows][:, voxels])
+    shares = hyper.support_attention(np.arange(len(voxels)))  # (V, k)
+    order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
+    out = []
+    for i, voxel in enumerate(voxels):
+        roi = s.roi_names.get(int(s.roi[voxel]), "")
+        for rank, j in enumerate(order[i], start=1):
+            out.append({"subject_voxel": int(voxel), "roi": roi, "rank": rank, "image_id": int(support[j]),
+                        "attention_share": float(shares[i, j])})
+    return out
+
+
 def caption_scores(run: EncodeRun, *, progress: bool = False) -> dict[str, Any]:
     """LaVCa's Spearman vs the top-image-caption baseline and a shuffled control; planted-concept naming rate."""
     from neuroattn.encode.captioners import LocalCaptioner, StimulusCaptioner
@@ -211,7 +236,7 @@ def evaluate_encoding_run(run: EncodeRun, out: str | Path, *, curve: bool = True
     """Score the run on the subject's held-out images and write metrics.json/csv, voxel maps and plots.
 
     ``captions`` (default: for LaVCa runs) adds the caption evaluation; ``curve`` (BraInCoRL runs) the
-    in-context scaling curve against ridge.
+    in-context scaling curve against ridge and ``support_attention.csv`` (each voxel's most attended images).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +258,7 @@ def evaluate_encoding_run(run: EncodeRun, out: str | Path, *, curve: bool = True
         rows = braincorl_curve(run, progress=progress)
         metrics["in_context_curve"] = rows
         atomic_write_csv(out / "in_context_curve.csv", rows)
+        atomic_write_csv(out / "support_attention.csv", support_attention_rows(run))
         if figures:
             _plot_curve(rows, out / "in_context_curve.png", f"{run.subject.name}: test-time scaling{label}")
     if captions if captions is not None else run.encoder.model == "lavca":

@@ -124,6 +124,11 @@ def test_braincorl_run_meta_trains_on_the_other_subject_and_draws_the_curve(done
                for row in metrics["in_context_curve"])
     assert metrics["untrained"] == ["CLIP features (tiny random CLIP)"]
     assert len(_read_csv(done["eval-bc"] / "in_context_curve.csv")) == 3
+    attention = _read_csv(done["eval-bc"] / "support_attention.csv")
+    assert len(attention) == 5 * len(run.encoder.voxels)
+    assert {int(r["image_id"]) for r in attention} <= set(run.encoder.info["support_ids"])
+    first = [float(r["attention_share"]) for r in attention if int(r["subject_voxel"]) == run.encoder.voxels[0]]
+    assert first == sorted(first, reverse=True) and 0 < sum(first) <= 1 + 1e-6
 
 
 def test_lavca_captions_every_roi_voxel_and_scores_them(done: dict[str, Path]) -> None:
