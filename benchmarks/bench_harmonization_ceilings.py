@@ -27,9 +27,9 @@ import numpy as np
 
 from neuroattn.data.anatomy import load_template_tissues, simulate_subject
 from neuroattn.data.site_effects import SiteEffects
-from neuroattn.data.synth_mri import SynthMRIConfig, cohort_sites, scan_at_site, subject_variation
+from neuroattn.data.synth_mri import cohort_sites, scan_at_site, subject_variation
 from neuroattn.harmonize.assessment import evaluate_outputs
-from neuroattn.harmonize.demo_run import HarmonizationDemoConfig, synthesize_demo_cohort
+from neuroattn.harmonize.demo_run import HarmonizationDemoConfig, demo_synth_config, synthesize_demo_cohort
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.manifest import load_manifest
 from neuroattn.io.nifti import load_volume, save_volume, volume_from_array
@@ -52,8 +52,7 @@ def oracle_effects(reference: SiteEffects, source: SiteEffects) -> dict[str, Sit
 
 def write_oracles(config: HarmonizationDemoConfig, cohort: Path, out: Path) -> dict[str, Path]:
     """Write each oracle's outputs in the layout ``harmonize apply`` uses (reference-site scans copied)."""
-    synth = SynthMRIConfig(n_subjects=config.n_train + config.n_holdout, n_sites=2, seed=config.seed,
-                           voxel_size=config.voxel_size, modalities=config.modalities)
+    synth = demo_synth_config(config)
     template = load_template_tissues(synth.voxel_size, synth.margin_mm)
     reference, source = cohort_sites(synth)
     folders = {name: out / name for name in oracle_effects(reference, source)}

@@ -151,11 +151,18 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+def _hypernetwork(run: EncodeRun):  # -> InContextEncoder
+    """The meta-trained BraInCoRL model a run's encoder was written by."""
+    from neuroattn.encode.braincorl_training import InContextEncoder
+
+    return InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+
+
 def braincorl_curve(run: EncodeRun, *, progress: bool = False) -> list[dict[str, Any]]:
     """BraInCoRL vs ridge at each k of the settings, and ridge on all the subject's training images."""
-    from neuroattn.encode.braincorl_training import InContextEncoder, in_context_curve
+    from neuroattn.encode.braincorl_training import in_context_curve
 
-    hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+    hyper = _hypernetwork(run)
     s, voxels = run.subject, run.encoder.voxels
     return in_context_curve(hyper, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
                             s.test_responses[:, voxels], ks=run.settings.ks, seeds=run.settings.curve_seeds,
@@ -168,9 +175,7 @@ def support_attention_rows(run: EncodeRun, top: int = 5) -> list[dict[str, Any]]
     The run's hypernetwork re-reads the run's own support set (``support_ids``); shares of one voxel sum to 1
     over all its support images, so the listed ones show how concentrated its attention is.
     """
-    from neuroattn.encode.braincorl_training import InContextEncoder
-
-    hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+    hyper = _hypernetwork(run)
     s, voxels = run.subject, run.encoder.voxels
     row_of = {int(image): row for row, image in enumerate(s.train_ids)}
     support = np.asarray(run.encoder.info["support_ids"], dtype=np.int64)

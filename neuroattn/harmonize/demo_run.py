@@ -104,13 +104,17 @@ def _preview(manifest: Manifest, path: Path) -> Path:
     return save_montage(rows, path, title=f"{subject} scanned at every site (reference: {manifest.sites[0]})")
 
 
+def demo_synth_config(config: HarmonizationDemoConfig) -> SynthMRIConfig:
+    """The traveling-subject simulation behind the demo: its subjects, sites, grid and contrasts."""
+    return SynthMRIConfig(n_subjects=config.n_train + config.n_holdout, n_sites=2, seed=config.seed,
+                          voxel_size=config.voxel_size, modalities=config.modalities)
+
+
 def synthesize_demo_cohort(
     config: HarmonizationDemoConfig, cohort_dir: Path, progress: bool = True
 ) -> tuple[Manifest, Path, Path]:
     """Simulate the demo's traveling subjects; returns the manifest and the train / held-out manifest paths."""
-    synth = synthesize_mri_cohort(cohort_dir, SynthMRIConfig(
-        n_subjects=config.n_train + config.n_holdout, n_sites=2, seed=config.seed, voxel_size=config.voxel_size,
-        modalities=config.modalities), progress=progress)
+    synth = synthesize_mri_cohort(cohort_dir, demo_synth_config(config), progress=progress)
     manifest = load_manifest(synth.manifest_path)
     subjects = list(manifest.subjects)
     train_manifest = manifest.rows_for(subject=subjects[: config.n_train]).to_csv(cohort_dir / "train.csv")

@@ -27,7 +27,8 @@ def _values(attn: MultiHeadAttention, kv_in: torch.Tensor) -> torch.Tensor:
     return v.repeat_interleave(attn.heads // attn.kv_heads, dim=1)
 
 
-def _check(attn: MultiHeadAttention, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+def _assert_weights_reproduce_output(attn: MultiHeadAttention, x: torch.Tensor, context: torch.Tensor | None,
+                                     mask: torch.Tensor | None) -> None:
     weights = attn.attention_weights(x, context=context, key_padding_mask=mask)  # (B, h, N, M)
     kv_in = x if context is None else context
     assert weights.shape == (x.shape[0], attn.heads, x.shape[1], kv_in.shape[1])
@@ -48,8 +49,8 @@ def test_weights_reproduce_self_attention(kv_heads: int, qk_norm: bool, rope: st
     mask = torch.ones(3, 7, dtype=torch.bool)
     mask[0, 5:] = False
     mask[2, 0] = False
-    _check(attn, x, None, None)
-    _check(attn, x, None, mask)
+    _assert_weights_reproduce_output(attn, x, None, None)
+    _assert_weights_reproduce_output(attn, x, None, mask)
 
 
 def test_weights_reproduce_cross_attention_with_padding() -> None:
@@ -59,7 +60,7 @@ def test_weights_reproduce_cross_attention_with_padding() -> None:
     context = torch.randn(2, 9, 12, dtype=torch.float64)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 3:] = False
-    _check(attn, x, context, mask)
+    _assert_weights_reproduce_output(attn, x, context, mask)
 
 
 def test_causal_weights_are_lower_triangular() -> None:
@@ -68,7 +69,7 @@ def test_causal_weights_are_lower_triangular() -> None:
     x = torch.randn(2, 6, 16, dtype=torch.float64)
     weights = attn.attention_weights(x)
     assert bool((weights.triu(diagonal=1) == 0).all())
-    _check(attn, x, None, None)
+    _assert_weights_reproduce_output(attn, x, None, None)
 
 
 def test_padding_changes_only_the_masked_columns() -> None:
