@@ -69,10 +69,13 @@ def _index_mb(index: EmbeddingIndex) -> float:
     n, d, cfg = index.size, index.dim, index.config
     if cfg.kind == "exact":
         return n * d * 4 / 1e6
+    inner = cfg.reduce_dim or d
+    full = n * d * 4 + cfg.reduce_dim * d * 4 if cfg.reduce_dim else 0  # re-ranking copy + projection
     if cfg.kind == "ivf":
-        return (n * (d * 4 + 8) + cfg.nlist * d * 4) / 1e6  # codes + int64 ids + centroids
-    hnsw = index.index.hnsw
-    return (n * d * 4 + hnsw.neighbors.size() * 4 + hnsw.levels.size() * 4 + hnsw.offsets.size() * 8) / 1e6
+        return (full + n * (inner * 4 + 8) + cfg.nlist * inner * 4) / 1e6  # codes + int64 ids + centroids
+    hnsw = index.core.hnsw
+    return (full + n * inner * 4 + hnsw.neighbors.size() * 4 + hnsw.levels.size() * 4
+            + hnsw.offsets.size() * 8) / 1e6
 
 
 def _time_search(index: EmbeddingIndex, queries: np.ndarray, k: int, n_single: int) -> tuple[float, float, np.ndarray]:
@@ -148,37 +151,42 @@ def run(args: argparse.Namespace, out: Path | None = None) -> dict:
              batch_ms_per_query=batch_ms, single_ms_per_query=single_ms, recall_at_10=1.0))
     del exact
 
-    if "ivf" in args.kinds:
-        nlist = min(args.nlist, args.n // 39)
-        ivf, build_s, mem = build("ivf", nlist=nlist, train_size=args.train_size)
-        for nprobe in args.nprobe:
-            ivf.set_search_params(nprobe=nprobe)
-            batch_ms, single_ms, ids = _time_search(ivf, queries, args.k, args.single)
-            log(dict(index=f"IVFFlat nlist={nlist}", param=f"nprobe={nprobe}", build_s=build_s,
-                     memory_mb=mem, batch_ms_per_query=batch_ms, single_ms_per_query=single_ms,
-                     recall_at_10=recall_at_k(ids, exact_ids)))
-        del ivf
-
-    if "hnsw" in args.kinds:
-        hnsw, build_s, mem = build("hnsw", m=args.m, ef_construction=args.ef_construction)
-        for ef in args.ef_search:
-            hnsw.set_search_params(ef_search=ef)
-            batch_ms, single_ms, ids = _time_search(hnsw, queries, args.k, args.single)
-            log(dict(index=f"HNSWFlat M={args.m} efC={args.ef_construction}", param=f"efSearch={ef}",
-                     build_s=build_s, memory_mb=mem, batch_ms_per_query=batch_ms,
-                     single_ms_per_query=single_ms, recall_at_10=recall_at_k(ids, exact_ids)))
-        del hnsw
+    reduced = f" on {args.reduce_dim} principal axes, re-rank x{args.refine_factor}"
+    for kind in args.kinds:
+        base_kind = kind.removesuffix("-reduced")
+        extra = {"reduce_dim": args.reduce_dim, "refine_factor": args.refine_factor} if kind != base_kind else {}
+        suffix = reduced if extra else ""
+        if base_kind == "ivf":
+            nlist = min(args.nlist, args.n // 39)
+            ivf, build_s, mem = build("ivf", nlist=nlist, train_size=args.train_size, **extra)
+            for nprobe in args.nprobe:
+                ivf.set_search_params(nprobe=nprobe)
+                batch_ms, single_ms, ids = _time_search(ivf, queries, args.k, args.single)
+                log(dict(index=f"IVFFlat nlist={nlist}{suffix}", param=f"nprobe={nprobe}", build_s=build_s,
+                         memory_mb=mem, batch_ms_per_query=batch_ms, single_ms_per_query=single_ms,
+                         recall_at_10=recall_at_k(ids, exact_ids)))
+            del ivf
+        else:
+            hnsw, build_s, mem = build("hnsw", m=args.m, ef_construction=args.ef_construction,
+                                       train_size=args.train_size, **extra)
+            for ef in args.ef_search:
+                hnsw.set_search_params(ef_search=ef)
+                batch_ms, single_ms, ids = _time_search(hnsw, queries, args.k, args.single)
+                log(dict(index=f"HNSWFlat M={args.m} efC={args.ef_construction}{suffix}", param=f"efSearch={ef}",
+                         build_s=build_s, memory_mb=mem, batch_ms_per_query=batch_ms,
+                         single_ms_per_query=single_ms, recall_at_10=recall_at_k(ids, exact_ids)))
+            del hnsw
 
     return result(True)
 
 
 def _print_table(result: dict) -> None:
-    header = (f"{'index':<34} {'param':<12} {'build s':>9} {'mem MB':>9} {'batch ms/q':>11} {'single ms/q':>12} "
+    header = (f"{'index':<58} {'param':<12} {'build s':>9} {'mem MB':>9} {'batch ms/q':>11} {'single ms/q':>12} "
               f"{'R@10':>7} {'target':>7}")
     print(header)
     print("-" * len(header))
     for r in result["rows"]:
-        print(f"{r['index']:<34} {r['param']:<12} {r['build_s']:>9.1f} {r['memory_mb']:>9.0f} "
+        print(f"{r['index']:<58} {r['param']:<12} {r['build_s']:>9.1f} {r['memory_mb']:>9.0f} "
               f"{r['batch_ms_per_query']:>11.3f} {r['single_ms_per_query']:>12.3f} {r['recall_at_10']:>7.3f} "
               f"{'yes' if r['meets_target'] else 'no':>7}")
 
@@ -199,7 +207,11 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm relative to the unit centre")
     parser.add_argument("--intrinsic-dim", type=int, default=64, help="dimension of the subspace holding the mixture")
     parser.add_argument("--ambient-noise", type=float, default=0.1, help="isotropic noise norm in all dimensions")
-    parser.add_argument("--kinds", default="ivf,hnsw")
+    parser.add_argument("--kinds", default="ivf,hnsw",
+                        help="comma list of ivf, hnsw, ivf-reduced, hnsw-reduced (reduced: searched on the top "
+                             "--reduce-dim principal axes, candidates re-ranked exactly on the full vectors)")
+    parser.add_argument("--reduce-dim", type=int, default=128, help="principal axes the *-reduced kinds search on")
+    parser.add_argument("--refine-factor", type=int, default=4, help="*-reduced: k x this many candidates re-ranked")
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--train-size", type=int, default=131072, help="IVF k-means sample")
     parser.add_argument("--nprobe", type=_ints, default=_ints("1,4,16,64,128,256"))
@@ -212,6 +224,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(args.kinds) - {"ivf", "hnsw", "ivf-reduced", "hnsw-reduced"})
+    if unknown:
+        parser.error(f"unknown --kinds {unknown}")
     out = args.out if args.out.suffix == ".json" else args.out / DEFAULT_OUT.name
     result = run(args, out)
     _print_table(result)

@@ -105,19 +105,6 @@ class SubjectVoxels(nn.Module):
     def n_voxels(self) -> int:
         return int(self.embedding.shape[0])
 
-    def cluster_table(self) -> tuple[Tensor, Tensor]:
-        """Voxel indices grouped by cluster: ``index (K, M)`` (padding = V) and ``valid (K, M)`` bool."""
-        v, k = self.n_voxels, self.n_clusters
-        cluster = self.cluster
-        counts = torch.bincount(cluster, minlength=k)  # (K,)
-        width = max(int(counts.max()), 1) if v else 1
-        order = torch.argsort(cluster, stable=True)  # (V,) voxels grouped by cluster
-        starts = torch.cumsum(counts, 0) - counts  # (K,)
-        slot = torch.arange(v, device=cluster.device) - starts[cluster[order]]  # (V,) position inside its cluster
-        index = torch.full((k, width), v, dtype=torch.long, device=cluster.device)
-        index[cluster[order], slot] = order
-        return index, index < v
-
 
 class BrainIT(nn.Module):
     """Brain Interaction Transformer over functional voxel clusters shared across subjects.
@@ -202,22 +189,42 @@ class BrainIT(nn.Module):
     def cluster_tokens(self, subject: str, betas: Tensor) -> Tensor:
         """Pool each cluster's voxels into one token: ``betas (B, V)`` -> ``(B, K, dim)``.
 
-        Cluster ``k``'s query attends to the voxels labelled ``k`` and to the null key only, so a voxel
-        reaches no other cluster's token.
+        Graph attention along the voxel -> cluster edges: cluster ``k``'s query (through ``self.pool``'s
+        projections) attends to the voxels labelled ``k`` and to a learned null key only, so a voxel reaches no
+        other cluster's token. The softmax runs per cluster over the voxel list (segment max / sum), so the cost
+        is O(B V dim) whatever the cluster sizes, with no padding to the largest cluster.
         """
         voxels = self._subject(subject, betas)
-        tokens = self.voxel_tokens(subject, betas)  # (B, V, d)
-        index, valid = voxels.cluster_table()  # (K, M) each
-        b, k, m, d = tokens.shape[0], index.shape[0], index.shape[1], tokens.shape[-1]
-        padded = torch.cat([tokens, tokens.new_zeros(b, 1, d)], dim=1)  # (B, V + 1, d); row V is padding
-        context = padded[:, index]  # (B, K, M, d)
-        null = self.null_token.to(context.dtype).expand(b, k, 1, d)  # (B, K, 1, d)
-        context = torch.cat([context, null], dim=2).reshape(b * k, m + 1, d)  # (B*K, M+1, d)
-        keep = torch.cat([valid, valid.new_ones(k, 1)], dim=1)  # (K, M+1)
-        keep = keep[None].expand(b, k, m + 1).reshape(b * k, m + 1)  # (B*K, M+1)
-        queries = self.cluster_queries[None].expand(b, k, d)  # (B, K, d)
-        pooled = self.pool(queries.reshape(b * k, 1, d), context=context, key_padding_mask=keep)  # (B*K, 1, d)
-        return self.pool_norm(queries + pooled.reshape(b, k, d))  # (B, K, d)
+        pool, k = self.pool, self.config.n_clusters
+        b, h, hd = betas.shape[0], pool.heads, pool.head_dim
+        label = voxels.cluster  # (V,)
+        # kv_proj is linear, so kv_proj(a * proj(e) + c) = a * (W proj(e)) + kv_proj(c): no (B, V, dim) tokens
+        weight = pool.kv_proj.weight  # (2 * h * hd, dim)
+        per_voxel = self.embed_proj(voxels.embedding) @ weight.T  # (V, 2*h*hd)
+        per_cluster = pool.kv_proj(self.cluster_embed)  # (K, 2*h*hd)
+        kv = betas[..., None] * per_voxel[None] + per_cluster[label][None]  # (B, V, 2*h*hd)
+        key, value = kv.unflatten(-1, (2, h, hd)).unbind(dim=2)  # (B, V, h, hd) each
+        key = pool.k_norm(key)
+        null_key, null_value = pool.kv_proj(self.null_token).unflatten(-1, (2, h, hd)).unbind(dim=0)  # (h, hd)
+        null_key = pool.k_norm(null_key)
+        query = pool.q_norm(pool.q_proj(self.cluster_queries).unflatten(-1, (h, hd)))  # (K, h, hd)
+        scale = hd**-0.5
+        # scores, softmax and the weighted sums in at least float32, whatever the autocast dtype
+        acc = torch.promote_types(kv.dtype, torch.float32)
+        key, value, query = key.to(acc), value.to(acc), query.to(acc)
+        null_key, null_value = null_key.to(acc), null_value.to(acc)
+        score = (key * query[label][None]).sum(-1) * scale  # (B, V, h)
+        null_score = (query * null_key).sum(-1).mul(scale).expand(b, k, h)  # (B, K, h)
+        index = label[None, :, None].expand(b, -1, h)  # (B, V, h)
+        peak = null_score.scatter_reduce(1, index, score, reduce="amax").detach()  # (B, K, h), softmax shift
+        weight_v = torch.exp(score - peak.gather(1, index))  # (B, V, h)
+        weight_null = torch.exp(null_score - peak)  # (B, K, h)
+        total = weight_null.index_add(1, label, weight_v)  # (B, K, h)
+        mixed = (weight_null[..., None] * null_value).index_add(1, label, weight_v[..., None] * value)  # (B,K,h,hd)
+        mixed = (mixed / total[..., None]).flatten(-2)  # (B, K, h*hd)
+        pooled = pool.out_proj(mixed.to(pool.out_proj.weight.dtype))  # (B, K, dim)
+        queries = self.cluster_queries[None].expand(b, k, -1)  # (B, K, d)
+        return self.pool_norm(queries + pool.proj_drop(pooled))  # (B, K, d)
 
     def interact(self, clusters: Tensor) -> Tensor:
         """Cluster tokens ``(B, K, dim)`` (any mix of subjects) -> output query tokens ``(B, Q, dim)``,

@@ -28,16 +28,22 @@ class IndexConfig:
     m: int = 32  # HNSW neighbours per node
     ef_construction: int = 80  # HNSW candidate list while building
     ef_search: int = 64  # HNSW candidate list while searching
-    train_size: int = 131072  # IVF k-means sample (vectors), raised to 39 per centroid when smaller
+    train_size: int = 131072  # IVF k-means / projection sample (vectors), raised to 39 per centroid when smaller
     seed: int = 0
+    reduce_dim: int = 0  # > 0: the approximate index searches the top principal axes only, then re-ranks exactly
+    refine_factor: int = 4  # with reduce_dim: k * refine_factor candidates are re-ranked on the full vectors
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"'kind' must be one of {list(INDEX_KINDS)}. {self.kind!r} was provided.")
-        for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search", "train_size"):
+        for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search", "train_size", "refine_factor"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"'{name}' must be >= 1, got {getattr(self, name)}")
+        if int(self.reduce_dim) < 0:
+            raise ConfigError(f"'reduce_dim' must be >= 0 (0 = full vectors), got {self.reduce_dim}")
+        if self.reduce_dim and self.kind == "exact":
+            raise ConfigError("'reduce_dim' applies to the approximate kinds (ivf, hnsw), not to exact search")
 
 
 def _faiss() -> Any:
@@ -46,6 +52,50 @@ def _faiss() -> Any:
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a declared dependency
         raise ConfigError("retrieval needs faiss: pip install faiss-cpu") from exc
     return faiss
+
+
+def _training_sample(x: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most ``size`` rows of ``x`` drawn without replacement (all rows when there are fewer), in row order."""
+    if len(x) <= size:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))]
+
+
+def principal_projection(sample: np.ndarray, dim: int) -> np.ndarray:
+    """The top ``dim`` uncentred principal axes of ``sample`` (N, E) as rows ``(dim, E)`` float32.
+
+    Uncentred, so the projection ``P`` keeps inner products: ``<Px, Pq> = <x, q> - <(I - P)x, (I - P)q>``,
+    and the dropped part is small when the embeddings' energy lies in few directions (CLIP's does).
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    if not 0 < dim <= x.shape[1]:
+        raise ConfigError(f"'reduce_dim' must be in [1, {x.shape[1]}] (the embedding size), got {dim}")
+    second_moment = x.T @ x / max(len(x), 1)  # (E, E)
+    _, vectors = np.linalg.eigh(second_moment)  # ascending eigenvalues
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dim].T, dtype=np.float32)  # (dim, E)
+
+
+def _projected(faiss: Any, inner: Any, axes: np.ndarray, dim: int, refine_factor: int) -> Any:
+    """``inner`` searching ``axes``-projected vectors, its candidates re-ranked by exact inner product."""
+    reduced = axes.shape[0]
+    transform = faiss.LinearTransform(dim, reduced, True)
+    faiss.copy_array_to_vector(axes.ravel(), transform.A)
+    faiss.copy_array_to_vector(np.zeros(reduced, dtype=np.float32), transform.b)
+    transform.is_trained = True
+    index = faiss.IndexRefine(faiss.IndexPreTransform(transform, inner), faiss.IndexFlatIP(dim))
+    index.k_factor = float(refine_factor)
+    return index
+
+
+def _core(index: Any) -> Any:
+    """The IVF or HNSW index inside a refine / pre-transform wrapper (the index itself when unwrapped)."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if hasattr(index, "base_index"):  # IndexRefine
+        index = faiss.downcast_index(index.base_index)
+    if hasattr(index, "chain"):  # IndexPreTransform
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def _as_embeddings(x: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
@@ -84,10 +134,18 @@ class EmbeddingIndex:
         ef_search: int = 64,
         train_size: int = 131072,
         seed: int = 0,
+        reduce_dim: int = 0,
+        refine_factor: int = 4,
         normalize: bool = True,
     ) -> EmbeddingIndex:
-        """Index ``embeddings`` (N, E) float32; rows are L2-normalised first unless ``normalize`` is False."""
-        config = IndexConfig(kind, nlist, nprobe, m, ef_construction, ef_search, train_size, seed)
+        """Index ``embeddings`` (N, E) float32; rows are L2-normalised first unless ``normalize`` is False.
+
+        With ``reduce_dim`` the IVF/HNSW structure holds each row projected on the top ``reduce_dim`` principal
+        axes (cheaper distances, a faster build) and its ``k * refine_factor`` best candidates are re-ranked by
+        exact inner product on the full rows, so the scores returned are exact.
+        """
+        config = IndexConfig(kind, nlist, nprobe, m, ef_construction, ef_search, train_size, seed, reduce_dim,
+                             refine_factor)
         config.validate()
         x = _as_embeddings(embeddings, "embeddings")
         if normalize:
@@ -96,23 +154,24 @@ class EmbeddingIndex:
         if n == 0:
             raise InvalidInputError("cannot index zero embeddings")
         faiss = _faiss()
+        inner_dim = reduce_dim or dim
         if kind == "exact":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(inner_dim, m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
         else:
             nlist = max(1, min(nlist, n // 39))  # faiss wants >= 39 training points per centroid
             config.nlist = nlist
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            rng = np.random.default_rng(seed)
-            n_train = max(train_size, 39 * nlist)  # never fewer training points than k-means asks for
-            sample = x if n <= n_train else x[np.sort(rng.choice(n, size=n_train, replace=False))]
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(inner_dim), inner_dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = seed
-            index.train(sample)
             index.nprobe = min(nprobe, nlist)
+        if reduce_dim:
+            axes = principal_projection(_training_sample(x, train_size, seed), reduce_dim)  # (r, E)
+            index = _projected(faiss, index, axes, dim, refine_factor)
+        if kind == "ivf":
+            index.train(_training_sample(x, max(train_size, 39 * config.nlist), seed))  # >= 39 points per centroid
         index.add(x)
         return cls(index, config, dim, n)
 
@@ -120,10 +179,15 @@ class EmbeddingIndex:
         """Change the speed/recall trade-off of an IVF (``nprobe``) or HNSW (``ef_search``) index."""
         if nprobe is not None and self.config.kind == "ivf":
             self.config.nprobe = int(nprobe)
-            self.index.nprobe = min(int(nprobe), self.config.nlist)
+            _core(self.index).nprobe = min(int(nprobe), self.config.nlist)
         if ef_search is not None and self.config.kind == "hnsw":
             self.config.ef_search = int(ef_search)
-            self.index.hnsw.efSearch = int(ef_search)
+            _core(self.index).hnsw.efSearch = int(ef_search)
+
+    @property
+    def core(self) -> Any:
+        """The underlying faiss IVF/HNSW/flat index, outside any projection and re-ranking wrapper."""
+        return _core(self.index)
 
     def search(self, queries: np.ndarray, k: int = 10, *, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows for each query (Q, E).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -61,14 +60,42 @@ def test_voxel_token_is_embedding_times_activation_plus_cluster_embedding() -> N
     torch.testing.assert_close(model.voxel_tokens("subj01", betas), expected, rtol=0, atol=0)
 
 
-def test_cluster_table_groups_voxels_by_label() -> None:
-    voxels = _model().subjects["subj01"]
-    index, valid = voxels.cluster_table()
-    labels = voxels.cluster.numpy()
-    for k in range(index.shape[0]):
-        members = sorted(index[k][valid[k]].tolist())
-        assert members == np.flatnonzero(labels == k).tolist()
-        assert torch.all(index[k][~valid[k]] == len(labels))
+def _padded_pooling(model: BrainIT, subject: str, betas: torch.Tensor) -> torch.Tensor:
+    """Reference: each cluster's query runs the dense attention layer over its voxels padded to the largest
+    cluster, plus the null key (the textbook masked cross-attention the segment softmax must equal)."""
+    labels = model.subjects[subject].cluster
+    tokens = model.voxel_tokens(subject, betas)  # (B, V, d)
+    b, k, d = betas.shape[0], model.config.n_clusters, model.config.dim
+    members = [torch.nonzero(labels == c).flatten() for c in range(k)]
+    width = max(len(m) for m in members)
+    context = torch.zeros(b, k, width + 1, d, dtype=tokens.dtype)
+    keep = torch.zeros(k, width + 1, dtype=torch.bool)
+    for c, idx in enumerate(members):
+        context[:, c, : len(idx)] = tokens[:, idx]
+        keep[c, : len(idx)] = True
+    context[:, :, width] = model.null_token
+    keep[:, width] = True
+    queries = model.cluster_queries[None].expand(b, k, d)
+    pooled = model.pool(queries.reshape(b * k, 1, d), context=context.reshape(b * k, width + 1, d),
+                        key_padding_mask=keep[None].expand(b, k, width + 1).reshape(b * k, width + 1))
+    return model.pool_norm(queries + pooled.reshape(b, k, d))
+
+
+def test_segment_softmax_pooling_equals_padded_dense_attention_in_float64() -> None:
+    model = _model(n_voxels=60).double()
+    betas = torch.randn(3, 60, dtype=torch.float64) * 4  # large activations: the softmax shift matters
+    with torch.no_grad():
+        model.null_token.normal_()
+        expected = _padded_pooling(model, "subj01", betas)
+        got = model.cluster_tokens("subj01", betas)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # gradients agree too
+    betas.requires_grad_(True)
+    (model.cluster_tokens("subj01", betas) ** 2).sum().backward()
+    grad = betas.grad.clone()
+    betas.grad = None
+    (_padded_pooling(model, "subj01", betas) ** 2).sum().backward()
+    torch.testing.assert_close(grad, betas.grad, rtol=1e-8, atol=1e-10)
 
 
 def test_cluster_pooling_only_changes_the_perturbed_voxels_cluster() -> None:

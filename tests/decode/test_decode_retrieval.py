@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from neuroattn.decode.base import normalize_rows
-from neuroattn.decode.retrieval import EmbeddingIndex, brain_to_image, image_to_brain, recall_at_k
+from neuroattn.decode.retrieval import (
+    EmbeddingIndex,
+    brain_to_image,
+    image_to_brain,
+    principal_projection,
+    recall_at_k,
+)
 from neuroattn.errors import ConfigError, InvalidInputError
 
 
@@ -40,6 +46,53 @@ def test_approximate_index_recall_on_clustered_data(kind, kw):
     assert recall_at_k(rand, exact) < 0.05  # the measure can fail
 
 
+def _subspace(n: int, dim: int, rank: int, rng: np.random.Generator, basis=None):
+    """Unit rows whose energy lies in a random ``rank``-dim subspace, plus 5% isotropic noise."""
+    if basis is None:
+        basis = np.linalg.qr(rng.standard_normal((dim, rank)))[0].T  # (rank, dim)
+    x = rng.standard_normal((n, rank)) @ basis + 0.05 * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return normalize_rows(x).astype(np.float32), basis
+
+
+def test_principal_projection_spans_the_planted_subspace():
+    rng = np.random.default_rng(5)
+    x, basis = _subspace(3000, 48, 6, rng)
+    axes = principal_projection(x, 6)  # (6, 48)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(6), atol=1e-5)  # orthonormal rows
+    overlap = np.linalg.svd(axes.astype(np.float64) @ basis.T, compute_uv=False)  # cosines of principal angles
+    assert overlap.min() > 0.99
+    with pytest.raises(ConfigError):
+        principal_projection(x, 49)
+
+
+# IVF visits every cell here, so recall measures the projection and re-ranking alone
+@pytest.mark.parametrize(("kind", "kw"), [("hnsw", {"m": 16, "ef_search": 32}), ("ivf", {"nlist": 16, "nprobe": 16})])
+def test_projected_index_reranks_to_exact_scores(kind, kw, tmp_path):
+    rng = np.random.default_rng(6)
+    pool, basis = _subspace(4000, 96, 12, rng)
+    queries, _ = _subspace(100, 96, 12, rng, basis)
+    exact_scores, exact = EmbeddingIndex.build(pool, "exact").search(queries, 10)
+    index = EmbeddingIndex.build(pool, kind, reduce_dim=12, refine_factor=4, **kw)
+    scores, ids = index.search(queries, 10)
+    recall = recall_at_k(ids, exact)
+    assert recall >= 0.95
+    # returned scores are exact inner products of the full rows, not of the projections
+    full = np.einsum("qd,qkd->qk", queries.astype(np.float64), pool[ids].astype(np.float64))
+    np.testing.assert_allclose(scores, full, atol=1e-5)
+    hits = ids == exact
+    np.testing.assert_allclose(scores[hits], exact_scores[hits], atol=1e-5)
+    # a projection that drops part of the subspace loses neighbours; a deeper re-ranking wins most back
+    _, rough = EmbeddingIndex.build(pool, kind, reduce_dim=9, refine_factor=1, **kw).search(queries, 10)
+    _, reranked = EmbeddingIndex.build(pool, kind, reduce_dim=9, refine_factor=8, **kw).search(queries, 10)
+    assert recall_at_k(rough, exact) < 0.5 < recall_at_k(rough, exact) + 0.3 < recall_at_k(reranked, exact)
+    index.save(tmp_path / "projected")
+    loaded = EmbeddingIndex.load(tmp_path / "projected")
+    assert loaded.config.reduce_dim == 12
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], ids)
+    loaded.set_search_params(ef_search=8, nprobe=1)
+    assert loaded.config.ef_search == 8 if kind == "hnsw" else loaded.core.nprobe == 1
+
+
 def test_brain_image_directions_and_save_load(tmp_path):
     rng = np.random.default_rng(2)
     images = rng.standard_normal((50, 16)).astype(np.float32)
@@ -65,3 +118,5 @@ def test_recall_and_errors():
         EmbeddingIndex.build(np.ones((3, 4)), "exact").search(np.ones((2, 5)), 1)
     with pytest.raises(InvalidInputError):
         EmbeddingIndex.load("/nonexistent-index-folder")
+    with pytest.raises(ConfigError, match="reduce_dim"):
+        EmbeddingIndex.build(np.ones((3, 4)), "exact", reduce_dim=2)
