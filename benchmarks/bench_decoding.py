@@ -1,10 +1,12 @@
 """Decoding targets on simulated data: ridge vs MindEye vs Brain-IT retrieval, new-subject adaptation, reconstructions.
 
 Simulates a data folder (or reuses ``--data``), trains the three decoders on subject 1 (Brain-IT jointly on
-subjects 1-2), adapts Brain-IT to subject 3 with ``--adapt-fraction`` of its training images and compares it
-with Brain-IT trained on subject 3 alone on the same images, then evaluates every run (top-1 among 300 both
-ways, 2-way identification, PixCorr/SSIM of reconstructions against the mean-image baseline). Prints a table and
-writes JSON (``--out``); training throughput (samples/s) comes from each run's trainer summary.
+subjects 1-2) with the shipped CPU configs (``pipelines/decode/*-small.yaml``: what ``decode train --config``
+runs; ``--steps``/``--lr`` override them), adapts Brain-IT to subject 3 with ``--adapt-fraction`` of its training
+images and compares it with Brain-IT trained on subject 3 alone on the same images, then evaluates every run
+(top-1 among 300 both ways, 2-way identification, PixCorr/SSIM of reconstructions against the mean-image
+baseline). Prints a table and writes JSON (``--out``); training throughput (samples/s) comes from each run's
+trainer summary.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from neuroattn.decode.evaluation_run import evaluate_run
 from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
 from neuroattn.decode.runs import DecodeSettings, adapt_brain_it, train_decoder
 from neuroattn.io.atomic import atomic_write_text
+from neuroattn.pipelines import load_pipeline_config
 
 TARGET_TOP1 = 0.8
 
@@ -51,28 +55,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["simulate_s"] = round(time.perf_counter() - start, 1)
     data = open_decoding_data(data_dir, progress=args.progress)
     subjects = data.subject_names
-    common = {"device": args.device, "batch_size": args.batch_size, "log_every": 50}
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    common = {"device": args.device, "batch_size": args.batch_size, "log_every": 50, "checkpoint_every": 10**9}
+
+    def settings(model: str, config: Path | None, **extra: Any) -> DecodeSettings:
+        base = asdict(load_pipeline_config(config, DecodeSettings)) if config else {"model": model}
+        return DecodeSettings(**(base | common | overrides | extra))
+
     plans = {
-        "ridge": DecodeSettings(model="ridge", subjects=subjects[:1], **common),
-        "mindeye": DecodeSettings(model="mindeye", subjects=subjects[:1], steps=args.steps, lr=args.lr, **common),
-        "brain-it": DecodeSettings(model="brain-it", subjects=subjects[:2], steps=args.steps, lr=args.lr, **common),
+        "ridge": settings("ridge", None, subjects=subjects[:1]),
+        "mindeye": settings("mindeye", args.mindeye_config, subjects=subjects[:1]),
+        "brain-it": settings("brain-it", args.brain_it_config, subjects=subjects[:2]),
     }
     runs: dict[str, Path] = {}
-    for name, settings in plans.items():
+    for name, plan in plans.items():
         start = time.perf_counter()
-        runs[name] = train_decoder(data, settings, work / "runs" / name, progress=args.progress)
+        runs[name] = train_decoder(data, plan, work / "runs" / name, progress=args.progress)
         timings[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
     new = subjects[2]
     few = {"train_fraction": args.adapt_fraction, "subjects": [new]}
     start = time.perf_counter()
+    adapt_steps = {"steps": args.adapt_steps} if args.adapt_steps else {}
     runs["brain-it-adapted"] = adapt_brain_it(
-        data, runs["brain-it"], new, DecodeSettings(model="brain-it", steps=args.adapt_steps, lr=args.lr, **few,
-                                                    **common), work / "runs" / "brain-it-adapted",
-        progress=args.progress)
+        data, runs["brain-it"], new, settings("brain-it", args.brain_it_config, **few, **adapt_steps),
+        work / "runs" / "brain-it-adapted", progress=args.progress)
     timings["adapt_s"] = round(time.perf_counter() - start, 1)
-    runs["brain-it-alone"] = train_decoder(data, DecodeSettings(model="brain-it", steps=args.steps, lr=args.lr, **few,
-                                                                **common), work / "runs" / "brain-it-alone",
-                                           progress=args.progress)
+    runs["brain-it-alone"] = train_decoder(data, settings("brain-it", args.brain_it_config, **few),
+                                           work / "runs" / "brain-it-alone", progress=args.progress)
     results = {}
     for name, folder in runs.items():
         start = time.perf_counter()
@@ -105,6 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                                 for s in subjects},
                  "clip": "UNTRAINED tiny random CLIP" if not data.clip_trained else data.clip_info.get("source")},
         "settings": vars(args) | {"work": str(work)},
+        "train_settings": {name: asdict(plan) for name, plan in plans.items()},
         "results": results,
         "targets": checks,
         "timings_s": timings,
@@ -131,11 +141,13 @@ def main() -> None:
     parser.add_argument("--voxels", type=int, default=6000, help="voxels per simulated subject")
     parser.add_argument("--voxel-size", type=float, default=3.0, help="mm")
     parser.add_argument("--generator-steps", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--adapt-steps", type=int, default=300)
+    parser.add_argument("--mindeye-config", type=Path, default=Path("pipelines/decode/mindeye-small.yaml"))
+    parser.add_argument("--brain-it-config", type=Path, default=Path("pipelines/decode/brain-it-small.yaml"))
+    parser.add_argument("--steps", type=int, default=None, help="override the configs' optimizer steps")
+    parser.add_argument("--adapt-steps", type=int, default=None, help="adaptation steps (default: the config's)")
     parser.add_argument("--adapt-fraction", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=None, help="override the configs' peak learning rate")
     parser.add_argument("--recon-limit", type=int, default=50)
     parser.add_argument("--recon-steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")

@@ -106,6 +106,23 @@ class SubjectVoxels(nn.Module):
         return int(self.embedding.shape[0])
 
 
+def _segment_weighted_sum(weights: Tensor, values: Tensor, label: Tensor, n_segments: int) -> Tensor:
+    """``out[b, k, h] = sum over v with label[v] == k of weights[b, v, h] * values[v, h]``.
+
+    ``weights (B, V, H)``, ``values (V, H, D)`` -> ``(B, K, H, D)``: one small matmul per segment over its
+    contiguous voxels, so nothing of size (B, V, H, D) is built.
+    """
+    order = torch.argsort(label, stable=True)  # voxels grouped by segment
+    counts = torch.bincount(label, minlength=n_segments).tolist()
+    weights, values = weights[:, order], values[order]
+    out, start = [], 0
+    for count in counts:
+        stop = start + count
+        out.append(torch.einsum("bvh,vhd->bhd", weights[:, start:stop], values[start:stop]))  # zeros when empty
+        start = stop
+    return torch.stack(out, dim=1)  # (B, K, H, D)
+
+
 class BrainIT(nn.Module):
     """Brain Interaction Transformer over functional voxel clusters shared across subjects.
 
@@ -134,7 +151,7 @@ class BrainIT(nn.Module):
         self.cluster_embed = nn.Parameter(torch.randn(k, d) * 0.02)
         self.cluster_queries = nn.Parameter(torch.randn(k, d) * 0.02)
         self.null_token = nn.Parameter(torch.randn(d) * 0.02)
-        self.pool = MultiHeadAttention(d, config.heads)
+        self.pool = MultiHeadAttention(d, config.heads)  # no qk_norm: cluster_tokens splits its linear keys
         self.pool_norm = nn.LayerNorm(d)
         n_latent = config.latent_grid**2 if config.latent_channels else 0
         self.queries = nn.Parameter(torch.randn(config.n_tokens + n_latent, d) * 0.02)
@@ -198,30 +215,28 @@ class BrainIT(nn.Module):
         pool, k = self.pool, self.config.n_clusters
         b, h, hd = betas.shape[0], pool.heads, pool.head_dim
         label = voxels.cluster  # (V,)
-        # kv_proj is linear, so kv_proj(a * proj(e) + c) = a * (W proj(e)) + kv_proj(c): no (B, V, dim) tokens
-        weight = pool.kv_proj.weight  # (2 * h * hd, dim)
-        per_voxel = self.embed_proj(voxels.embedding) @ weight.T  # (V, 2*h*hd)
-        per_cluster = pool.kv_proj(self.cluster_embed)  # (K, 2*h*hd)
-        kv = betas[..., None] * per_voxel[None] + per_cluster[label][None]  # (B, V, 2*h*hd)
-        key, value = kv.unflatten(-1, (2, h, hd)).unbind(dim=2)  # (B, V, h, hd) each
-        key = pool.k_norm(key)
-        null_key, null_value = pool.kv_proj(self.null_token).unflatten(-1, (2, h, hd)).unbind(dim=0)  # (h, hd)
-        null_key = pool.k_norm(null_key)
-        query = pool.q_norm(pool.q_proj(self.cluster_queries).unflatten(-1, (h, hd)))  # (K, h, hd)
+        # A voxel token is a * u_v + c_k (u_v = proj(e_v), c_k its cluster's embedding) and kv_proj is linear, so
+        # its key and value are a * (W u_v) + kv_proj(c_k): per-voxel and per-cluster parts, never (B, V, dim).
+        acc = torch.promote_types(betas.dtype, torch.float32)  # softmax and sums in >= float32 under autocast
+        voxel_kv = (self.embed_proj(voxels.embedding) @ pool.kv_proj.weight.T).unflatten(-1, (2, h, hd))  # (V,2,h,hd)
+        cluster_kv = pool.kv_proj(self.cluster_embed).unflatten(-1, (2, h, hd))  # (K, 2, h, hd), with the bias
+        null_kv = pool.kv_proj(self.null_token).unflatten(-1, (2, h, hd))  # (2, h, hd)
+        query = pool.q_proj(self.cluster_queries).unflatten(-1, (h, hd))  # (K, h, hd)
+        voxel_kv, cluster_kv, null_kv, query = (t.to(acc) for t in (voxel_kv, cluster_kv, null_kv, query))
         scale = hd**-0.5
-        # scores, softmax and the weighted sums in at least float32, whatever the autocast dtype
-        acc = torch.promote_types(kv.dtype, torch.float32)
-        key, value, query = key.to(acc), value.to(acc), query.to(acc)
-        null_key, null_value = null_key.to(acc), null_value.to(acc)
-        score = (key * query[label][None]).sum(-1) * scale  # (B, V, h)
-        null_score = (query * null_key).sum(-1).mul(scale).expand(b, k, h)  # (B, K, h)
+        slope = (voxel_kv[:, 0] * query[label]).sum(-1) * scale  # (V, h): score = a * slope + offset
+        offset = (cluster_kv[:, 0] * query).sum(-1) * scale  # (K, h)
+        null_score = ((null_kv[0] * query).sum(-1) * scale).expand(b, k, h)  # (B, K, h)
+        activation = betas.to(acc)[..., None]  # (B, V, 1)
+        score = activation * slope[None] + offset[label][None]  # (B, V, h)
         index = label[None, :, None].expand(b, -1, h)  # (B, V, h)
         peak = null_score.scatter_reduce(1, index, score, reduce="amax").detach()  # (B, K, h), softmax shift
-        weight_v = torch.exp(score - peak.gather(1, index))  # (B, V, h)
+        weight = torch.exp(score - peak.gather(1, index))  # (B, V, h)
         weight_null = torch.exp(null_score - peak)  # (B, K, h)
-        total = weight_null.index_add(1, label, weight_v)  # (B, K, h)
-        mixed = (weight_null[..., None] * null_value).index_add(1, label, weight_v[..., None] * value)  # (B,K,h,hd)
-        mixed = (mixed / total[..., None]).flatten(-2)  # (B, K, h*hd)
+        in_cluster = torch.zeros_like(weight_null).index_add(1, label, weight)  # (B, K, h)
+        mixed = _segment_weighted_sum(weight * activation, voxel_kv[:, 1], label, k)  # (B, K, h, hd)
+        mixed = mixed + in_cluster[..., None] * cluster_kv[None, :, 1] + weight_null[..., None] * null_kv[1]
+        mixed = (mixed / (in_cluster + weight_null)[..., None]).flatten(-2)  # (B, K, h*hd)
         pooled = pool.out_proj(mixed.to(pool.out_proj.weight.dtype))  # (B, K, dim)
         queries = self.cluster_queries[None].expand(b, k, -1)  # (B, K, d)
         return self.pool_norm(queries + pool.proj_drop(pooled))  # (B, K, d)
