@@ -75,13 +75,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     new = subjects[2]
     few = {"train_fraction": args.adapt_fraction, "subjects": [new]}
     start = time.perf_counter()
-    adapt_steps = {"steps": args.adapt_steps} if args.adapt_steps else {}
+    few |= {"steps": args.adapt_steps} if args.adapt_steps else {}  # the same images and steps for both
     runs["brain-it-adapted"] = adapt_brain_it(
-        data, runs["brain-it"], new, settings("brain-it", args.brain_it_config, **few, **adapt_steps),
+        data, runs["brain-it"], new, settings("brain-it", args.brain_it_config, **few),
         work / "runs" / "brain-it-adapted", progress=args.progress)
     timings["adapt_s"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
     runs["brain-it-alone"] = train_decoder(data, settings("brain-it", args.brain_it_config, **few),
                                            work / "runs" / "brain-it-alone", progress=args.progress)
+    timings["train_brain-it-alone_s"] = round(time.perf_counter() - start, 1)
     results = {}
     for name, folder in runs.items():
         start = time.perf_counter()
@@ -144,7 +146,8 @@ def main() -> None:
     parser.add_argument("--mindeye-config", type=Path, default=Path("pipelines/decode/mindeye-small.yaml"))
     parser.add_argument("--brain-it-config", type=Path, default=Path("pipelines/decode/brain-it-small.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the configs' optimizer steps")
-    parser.add_argument("--adapt-steps", type=int, default=None, help="adaptation steps (default: the config's)")
+    parser.add_argument("--adapt-steps", type=int, default=None,
+                        help="steps of the new-subject runs, adapted and alone (default: the config's)")
     parser.add_argument("--adapt-fraction", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="override the configs' peak learning rate")

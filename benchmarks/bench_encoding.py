@@ -26,8 +26,7 @@ import torch
 from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
 from neuroattn.encode.braincorl_training import in_context_curve
 from neuroattn.encode.data import EncodingData
-from neuroattn.encode.gaussian_prior import PriorEncoder, learn_weight_prior
-from neuroattn.encode.ridge_encoder import RidgeEncoder
+from neuroattn.encode.gaussian_prior import PriorEncoder, prior_from_subjects, roi_groups
 from neuroattn.encode.run_outputs import evaluate_encoding_run
 from neuroattn.encode.runs import EncodeSettings, fit_encoder, open_run
 from neuroattn.io.atomic import atomic_write_text
@@ -52,26 +51,18 @@ def _targets(curve: list[dict[str, Any]], captions: dict[str, Any]) -> dict[str,
     }
 
 
-def roi_labels(data: EncodingData, name: str) -> np.ndarray:
-    """ROI name (V,) of every voxel of one subject."""
-    subject = data.subject(name)
-    return np.array([subject.roi_names.get(int(c), "none") for c in subject.roi])
-
-
 def prior_curve(data: EncodingData, ks: list[int], seeds: int, progress: bool) -> dict[str, Any]:
     """In-context curve of the per-ROI Gaussian weight prior learned from every subject but the last."""
     emb = data.features.values
     names = data.subject_names
-    fits = [RidgeEncoder().fit(emb[s.train_ids], s.train_responses) for s in map(data.subject, names[:-1])]
-    noise = 1.0 - float(np.mean([np.clip(f.cv_scores_, 0.0, 1.0).mean() for f in fits]))
-    prior = learn_weight_prior([f.weights_ for f in fits], [roi_labels(data, n) for n in names[:-1]],
-                               noise_fraction=noise)
+    prior = prior_from_subjects(data, names[:-1])
     held = data.subject(names[-1])
-    rows = in_context_curve(PriorEncoder(prior, roi_labels(data, names[-1])), emb, held.train_ids,
+    rows = in_context_curve(PriorEncoder(prior, roi_groups(held)), emb, held.train_ids,
                             held.train_responses, held.test_ids, held.test_responses, ks, seeds, progress=progress)
     curve = [{"k": r["k"], "prior_ev": r["braincorl_ev"], "prior_r": r["braincorl_r"], "ridge_ev": r["ridge_ev"],
               "ridge_full_ev": r["ridge_full_ev"]} for r in rows]
-    return {"learned_from": names[:-1], "groups": prior.groups, "noise_fraction": noise, "curve": curve}
+    return {"learned_from": names[:-1], "groups": prior.groups, "noise_fraction": prior.noise_fraction,
+            "curve": curve}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def _untrained_note(parts: list[str]) -> str:
 def fit(
     out: OutOpt,
     data: Annotated[Path, typer.Option("--data", help="Data folder from `decode simulate` (or real NSD).")],
-    model: Annotated[str | None, typer.Option("--model", help="ridge | braincorl | lavca (or the config's).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="ridge | braincorl | lavca | prior (or the "
+                                                              "config's).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="pipelines/encode/<model>-*.yaml")] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="Subject to encode (default: the last).")] = None,
     roi: Annotated[list[str] | None, typer.Option("--roi", help="Keep only these ROIs (repeatable).")] = None,
@@ -41,7 +42,7 @@ def fit(
     from neuroattn.encode.runs import EncodeSettings, fit_encoder, open_run
     from neuroattn.pipelines import model_settings
 
-    settings = model_settings(config, model, EncodeSettings, "ridge | braincorl | lavca")
+    settings = model_settings(config, model, EncodeSettings, "ridge | braincorl | lavca | prior")
     for key, value in (("subject", subject), ("k", k), ("meta_steps", meta_steps), ("device", device)):
         if value is not None:
             setattr(settings, key, value)
@@ -99,13 +100,13 @@ def evaluate(
     data: DataOpt = None,
     captions: Annotated[bool | None, typer.Option("--captions/--no-captions", help="Score voxel captions "
                                                   "(default: LaVCa runs).")] = None,
-    curve: Annotated[bool, typer.Option("--curve/--no-curve", help="BraInCoRL: in-context scaling curve vs "
-                                                                   "ridge.")] = True,
+    curve: Annotated[bool, typer.Option("--curve/--no-curve", help="BraInCoRL / prior: in-context scaling "
+                                                                   "curve vs ridge.")] = True,
     figures: FiguresOpt = True,
     progress: ProgressOpt = True,
 ) -> None:
     """Voxelwise Pearson r and explained variance on held-out images (maps, metrics.json/csv, plots)."""
-    from neuroattn.encode.run_outputs import evaluate_encoding_run
+    from neuroattn.encode.run_outputs import IN_CONTEXT_MODELS, evaluate_encoding_run
     from neuroattn.encode.runs import open_run
 
     opened = open_run(run, data, progress=progress)
@@ -114,9 +115,10 @@ def evaluate(
     extra = f", {overall['ev_of_ceiling']:.1%} of the noise ceiling" if "ev_of_ceiling" in overall else ""
     typer.echo(f"{metrics['model']} on {metrics['subject']}{_untrained_note(metrics['untrained'])}: mean r "
                f"{overall['pearson_r']:.3f}, explained variance {overall['explained_variance']:.3f}{extra}")
+    label = IN_CONTEXT_MODELS.get(metrics["model"], metrics["model"])
     for row in metrics.get("in_context_curve", []):
-        typer.echo(f"  k={row['k']:>4}: BraInCoRL EV {row['braincorl_ev']:.3f} | ridge(k) {row['ridge_ev']:.3f} | "
-                   f"ridge(all) {row['ridge_full_ev']:.3f}")
+        typer.echo(f"  k={row['k']:>4}: {label} EV {row[metrics['model'] + '_ev']:.3f} | ridge(k) "
+                   f"{row['ridge_ev']:.3f} | ridge(all) {row['ridge_full_ev']:.3f}")
     if "captions" in metrics:
         sp = metrics["captions"]["spearman"]
         typer.echo(f"  caption Spearman: LaVCa {sp['lavca_mean']:.3f} | top-image caption {sp['baseline_mean']:.3f} | "

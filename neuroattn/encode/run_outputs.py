@@ -129,7 +129,10 @@ def _roi_table(run: EncodeRun, r: np.ndarray, ev: np.ndarray) -> list[dict[str, 
     return rows
 
 
-def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+IN_CONTEXT_MODELS = {"braincorl": "BraInCoRL", "prior": "Gaussian prior"}  # run model -> label in curves
+
+
+def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str, model: str = "braincorl") -> Path:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -137,7 +140,7 @@ def _plot_curve(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 
     ks = [row["k"] for row in rows]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(ks, [row["braincorl_ev"] for row in rows], "o-", label="BraInCoRL (k images in context)")
+    ax.plot(ks, [row[f"{model}_ev"] for row in rows], "o-", label=f"{IN_CONTEXT_MODELS[model]} (k images in context)")
     ax.plot(ks, [row["ridge_ev"] for row in rows], "s-", label="ridge on the same k images")
     ax.axhline(rows[0]["ridge_full_ev"], color="k", ls="--", label=f"ridge on all {rows[0]['n_train']} images")
     ax.set_xscale("log")
@@ -158,15 +161,23 @@ def _hypernetwork(run: EncodeRun):  # -> InContextEncoder
     return InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
 
 
-def braincorl_curve(run: EncodeRun, *, progress: bool = False) -> list[dict[str, Any]]:
-    """BraInCoRL vs ridge at each k of the settings, and ridge on all the subject's training images."""
+def in_context_rows(run: EncodeRun, *, progress: bool = False) -> list[dict[str, Any]]:
+    """The run's in-context model (BraInCoRL, or the Gaussian prior) vs ridge at each k of the settings, and ridge
+    on all the subject's training images; columns are named after the model (``braincorl_ev``, ``prior_ev``)."""
     from neuroattn.encode.braincorl_training import in_context_curve
 
-    hyper = _hypernetwork(run)
     s, voxels = run.subject, run.encoder.voxels
-    return in_context_curve(hyper, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
+    if run.encoder.model == "prior":
+        from neuroattn.encode.gaussian_prior import PriorEncoder, WeightPrior, roi_groups
+
+        model: Any = PriorEncoder(WeightPrior.load(run.encoder.info["meta_run"]), roi_groups(s)[voxels])
+    else:
+        model = _hypernetwork(run)
+    rows = in_context_curve(model, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
                             s.test_responses[:, voxels], ks=run.settings.ks, seeds=run.settings.curve_seeds,
                             progress=progress)
+    prefix = f"{run.encoder.model}_"
+    return [{k.replace("braincorl_", prefix, 1): v for k, v in row.items()} for row in rows]
 
 
 def support_attention_rows(run: EncodeRun, top: int = 5) -> list[dict[str, Any]]:
@@ -240,8 +251,9 @@ def evaluate_encoding_run(run: EncodeRun, out: str | Path, *, curve: bool = True
                           figures: bool = True, progress: bool = False) -> dict[str, Any]:
     """Score the run on the subject's held-out images and write metrics.json/csv, voxel maps and plots.
 
-    ``captions`` (default: for LaVCa runs) adds the caption evaluation; ``curve`` (BraInCoRL runs) the
-    in-context scaling curve against ridge and ``support_attention.csv`` (each voxel's most attended images).
+    ``captions`` (default: for LaVCa runs) adds the caption evaluation; ``curve`` (BraInCoRL and prior runs) the
+    in-context scaling curve against ridge, and for BraInCoRL ``support_attention.csv`` (each voxel's most
+    attended images).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,13 +271,15 @@ def evaluate_encoding_run(run: EncodeRun, out: str | Path, *, curve: bool = True
         if figures:
             plot_voxel_map(voxel_volume(run.subject, full_map(run, values)), out / f"{name}_map.png",
                            f"{run.encoder.model} {name} (test){label}", mni=_is_mni(run))
-    if curve and run.encoder.model == "braincorl":
-        rows = braincorl_curve(run, progress=progress)
+    if curve and run.encoder.model in IN_CONTEXT_MODELS:
+        rows = in_context_rows(run, progress=progress)
         metrics["in_context_curve"] = rows
         atomic_write_csv(out / "in_context_curve.csv", rows)
-        atomic_write_csv(out / "support_attention.csv", support_attention_rows(run))
+        if run.encoder.model == "braincorl":
+            atomic_write_csv(out / "support_attention.csv", support_attention_rows(run))
         if figures:
-            _plot_curve(rows, out / "in_context_curve.png", f"{run.subject.name}: test-time scaling{label}")
+            _plot_curve(rows, out / "in_context_curve.png", f"{run.subject.name}: test-time scaling{label}",
+                        run.encoder.model)
     if captions if captions is not None else run.encoder.model == "lavca":
         metrics["captions"] = caption_scores(run, progress=progress)
     atomic_write_csv(out / "metrics.csv", table)

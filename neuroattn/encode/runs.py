@@ -23,7 +23,7 @@ from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.checkpoints import load_checkpoint, save_checkpoint
 
 RUN_INFO = "encode_run.json"
-MODELS = ("ridge", "braincorl", "lavca")
+MODELS = ("ridge", "braincorl", "lavca", "prior")
 ENCODER_CLASS = "LinearVoxelEncoder"
 
 
@@ -31,16 +31,16 @@ ENCODER_CLASS = "LinearVoxelEncoder"
 class EncodeSettings:
     """Settings of ``neuroattn encode fit``, read from ``pipelines/encode/<model>-*.yaml``."""
 
-    model: str = "ridge"  # ridge | braincorl | lavca (a ridge encoder described in words)
+    model: str = "ridge"  # ridge | braincorl | lavca (a ridge encoder described in words) | prior (Gaussian prior)
     subject: str | None = None  # the subject to encode (default: the data folder's last)
     rois: list[str] | None = None  # ROI names to keep (default: every voxel)
     features: str = "clip-grid+lowlevel"  # image embedding: clip-grid+lowlevel | clip-grid | clip-pooled
     n_clip: int = 64  # principal components of the CLIP features
     n_lowlevel: int = 32  # principal components of the low-level features
     alphas: list[float] | None = None  # ridge penalties tried by CV (default logspace(-1, 6, 15))
-    k: int | None = 100  # BraInCoRL: in-context images of the subject (None: all its training images)
-    meta_subjects: list[str] | None = None  # BraInCoRL meta-training subjects (default: every other subject)
-    meta_run: str | None = None  # an existing BraInCoRL meta-training run to reuse instead of training
+    k: int | None = 100  # BraInCoRL / prior: in-context images of the subject (None: all its training images)
+    meta_subjects: list[str] | None = None  # subjects BraInCoRL / the prior learn from (default: every other one)
+    meta_run: str | None = None  # reuse instead of learning: a BraInCoRL meta-training run, or a prior (RUN/prior)
     meta_steps: int = 1500  # BraInCoRL meta-training optimizer steps
     braincorl: dict[str, Any] = field(default_factory=dict)  # BraInCoRLConfig fields (dim, depth, heads, ...)
     meta_training: dict[str, Any] = field(default_factory=dict)  # InContextEncoder settings (k_min, k_max, lr, ...)
@@ -169,6 +169,40 @@ def _support_rows(n_train: int, k: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(n_train, size=k, replace=False))
 
 
+def _other_subjects(data: EncodingData, settings: EncodeSettings, name: str) -> list[str]:
+    """The subjects BraInCoRL or the prior learn from: ``meta_subjects``, default every subject but ``name``."""
+    others = settings.meta_subjects or [s for s in data.subject_names if s != name]
+    if name in others:
+        raise ConfigError(f"the encoded subject {name} cannot also be one the {settings.model} model learns from")
+    if not others:
+        raise ConfigError(f"{settings.model} needs at least one other subject to learn from")
+    return list(others)
+
+
+def _fit_prior_encoder(data: EncodingData, settings: EncodeSettings, subject: EncodingSubject, voxels: np.ndarray,
+                       out: Path, info: dict[str, Any]) -> LinearEncoder:
+    """Per-ROI Gaussian weight prior from the other subjects (saved in ``out/prior``), then the posterior-mean
+    weights of ``subject``'s voxels given its ``k`` support images."""
+    from neuroattn.encode.gaussian_prior import PriorEncoder, WeightPrior, prior_from_subjects, roi_groups
+
+    if settings.meta_run is not None:
+        prior = WeightPrior.load(settings.meta_run)
+        prior_dir = Path(settings.meta_run).resolve()
+        learned_from = [str(prior_dir)]
+    else:
+        learned_from = _other_subjects(data, settings, subject.name)
+        prior = prior_from_subjects(data, learned_from, alphas=settings.alphas, seed=settings.seed)
+        prior_dir = prior.save(out / "prior", {"learned_from": learned_from})
+    x = data.features.values
+    rows = _support_rows(len(subject.train_ids), settings.k, settings.seed)
+    fitted = PriorEncoder(prior, roi_groups(subject)[voxels]).fit(x[subject.train_ids[rows]],
+                                                                  subject.train_responses[rows][:, voxels])
+    info = info | {"k": len(rows), "support_ids": subject.train_ids[rows].tolist(), "meta_run": str(prior_dir),
+                   "prior_learned_from": learned_from, "noise_fraction": prior.noise_fraction}
+    return LinearEncoder(fitted.coef_.astype(np.float32), fitted.intercept_.astype(np.float32), voxels, "prior",
+                         data.clip_trained, info)
+
+
 def fit_encoder(data: EncodingData, settings: EncodeSettings, out: str | Path, *, progress: bool = False) -> Path:
     """Fit the settings' model for one subject and write the run folder ``out``."""
     from neuroattn.encode.ridge_encoder import RidgeEncoder
@@ -185,6 +219,8 @@ def fit_encoder(data: EncodingData, settings: EncodeSettings, out: str | Path, *
         ridge = RidgeEncoder(alphas=settings.alphas, seed=settings.seed).fit(x[subject.train_ids], y)
         encoder = LinearEncoder(ridge.coef_, ridge.intercept_, voxels, settings.model, data.clip_trained,
                                 info | {"alphas_median": float(np.median(ridge.alphas_))})
+    elif settings.model == "prior":
+        encoder = _fit_prior_encoder(data, settings, subject, voxels, out, info)
     else:
         from neuroattn.encode.braincorl_training import InContextEncoder
 
@@ -192,11 +228,7 @@ def fit_encoder(data: EncodingData, settings: EncodeSettings, out: str | Path, *
             hyper = InContextEncoder.load(settings.meta_run, device=settings.device, progress=progress)
             meta_dir = Path(settings.meta_run).resolve()
         else:
-            meta_subjects = settings.meta_subjects or [s for s in data.subject_names if s != name]
-            if name in meta_subjects:
-                raise ConfigError(f"the encoded subject {name} cannot also be a meta-training subject")
-            if not meta_subjects:
-                raise ConfigError("BraInCoRL needs at least one other subject to meta-train on")
+            meta_subjects = _other_subjects(data, settings, name)
             meta_dir = out / "meta"
             hyper = meta_train_braincorl(data, settings, meta_subjects, meta_dir, progress=progress)
         rows = _support_rows(len(subject.train_ids), settings.k, settings.seed)

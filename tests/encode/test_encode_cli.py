@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from neuroattn.decode.pipeline import SimulateSettings
 from neuroattn.encode.braincorl import BraInCoRLConfig
 from neuroattn.encode.braincorl_training import InContextEncoder
+from neuroattn.encode.gaussian_prior import WeightPrior, posterior_weights, roi_groups
 from neuroattn.encode.lavca import LavcaConfig
 from neuroattn.encode.metrics import explained_variance, voxelwise_pearson
 from neuroattn.encode.ridge_encoder import RidgeEncoder
@@ -40,8 +41,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Run every command once on a tiny folder; the tests then read the files."""
     root = tmp_path_factory.mktemp("encode_cli")
-    p = {name: root / name for name in ("data", "ridge", "braincorl", "lavca", "pred", "eval-ridge", "eval-bc",
-                                        "eval-lavca", "captions")}
+    p = {name: root / name for name in ("data", "ridge", "braincorl", "lavca", "prior", "pred", "eval-ridge",
+                                        "eval-bc", "eval-lavca", "eval-prior", "captions")}
     with threadpool_limits(limits=1):
         assert run_cli("decode", "simulate", "--config", TINY_DATA, "--out", p["data"], "--generator-steps", 0) == 0
         assert run_cli("encode", "fit", "--data", p["data"], "--model", "ridge", "--out", p["ridge"]) == 0
@@ -49,6 +50,8 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     "--k", 40) == 0  # fmt: skip
         assert run_cli("encode", "fit", "--data", p["data"], "--model", "lavca", "--roi", "V4", "--roi", "higher",
                     "--out", p["lavca"]) == 0  # fmt: skip
+        assert run_cli("encode", "fit", "--data", p["data"], "--model", "prior", "--k", 40, "--out", p["prior"]) == 0
+        assert run_cli("encode", "evaluate", "--run", p["prior"], "--out", p["eval-prior"], "--no-figures") == 0
         assert run_cli("encode", "predict", "--run", p["ridge"], "--out", p["pred"], "--text", "a red circle",
                     "--no-figures") == 0  # fmt: skip
         assert run_cli("encode", "evaluate", "--run", p["ridge"], "--out", p["eval-ridge"]) == 0
@@ -129,6 +132,26 @@ def test_braincorl_run_meta_trains_on_the_other_subject_and_draws_the_curve(done
     assert {int(r["image_id"]) for r in attention} <= set(run.encoder.info["support_ids"])
     first = [float(r["attention_share"]) for r in attention if int(r["subject_voxel"]) == run.encoder.voxels[0]]
     assert first == sorted(first, reverse=True) and 0 < sum(first) <= 1 + 1e-6
+
+
+def test_prior_run_learns_from_the_other_subject_and_equals_the_posterior(done: dict[str, Path]) -> None:
+    run = open_run(done["prior"])
+    info = run.encoder.info
+    assert run.encoder.model == "prior" and info["k"] == 40 and info["prior_learned_from"] == ["subj01"]
+    prior = WeightPrior.load(done["prior"] / "prior")
+    assert 0 < prior.noise_fraction < 1 and set(prior.groups) >= set(roi_groups(run.subject).tolist())
+    support = np.asarray(info["support_ids"])
+    rows = np.searchsorted(run.subject.train_ids, support)  # support images' rows of the training responses
+    assert np.array_equal(run.subject.train_ids[rows], support)
+    coef, intercept = posterior_weights(prior, run.data.features.values[support],
+                                        run.subject.train_responses[rows][:, run.encoder.voxels],
+                                        roi_groups(run.subject)[run.encoder.voxels])
+    np.testing.assert_allclose(run.encoder.weights, coef, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run.encoder.bias, intercept, rtol=1e-5, atol=1e-6)
+    metrics = json.loads((done["eval-prior"] / "metrics.json").read_text())
+    curve = metrics["in_context_curve"]
+    assert curve and all("prior_ev" in row and "braincorl_ev" not in row for row in curve)
+    assert not (done["eval-prior"] / "support_attention.csv").exists()  # attention belongs to BraInCoRL only
 
 
 def test_lavca_captions_every_roi_voxel_and_scores_them(done: dict[str, Path]) -> None:
