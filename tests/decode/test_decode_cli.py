@@ -302,4 +302,5 @@ def test_decoder_configs_build_their_models(name: str) -> None:
     else:
         base = BrainITConfig() if published else BrainITConfig.tiny()
         config = BrainITConfig.from_dict(base.to_dict() | shape | settings.model_config)
-        assert config.n_clusters == (128 if published else 8) and config.depth == (6 if published else 2)
+        assert config.n_clusters == (128 if published else 32) and config.depth == (6 if published else 2)
+        assert config.n_clusters * config.embed_dim >= 1024  # what cluster tokens carry (see brain-it-small.yaml)
