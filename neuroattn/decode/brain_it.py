@@ -208,8 +208,9 @@ class BrainIT(nn.Module):
 
         Graph attention along the voxel -> cluster edges: cluster ``k``'s query (through ``self.pool``'s
         projections) attends to the voxels labelled ``k`` and to a learned null key only, so a voxel reaches no
-        other cluster's token. The softmax runs per cluster over the voxel list (segment max / sum), so the cost
-        is O(B V dim) whatever the cluster sizes, with no padding to the largest cluster.
+        other cluster's token. The softmax runs per cluster over the voxel list (segment max / sum) and the
+        values are summed per cluster segment, so memory grows as B x V x heads whatever the cluster sizes, with no
+        padding to the largest cluster.
         """
         voxels = self._subject(subject, betas)
         pool, k = self.pool, self.config.n_clusters
