@@ -58,9 +58,9 @@ def prior_curve(data: EncodingData, ks: list[int], seeds: int, progress: bool) -
     prior = prior_from_subjects(data, names[:-1])
     held = data.subject(names[-1])
     rows = in_context_curve(PriorEncoder(prior, roi_groups(held)), emb, held.train_ids,
-                            held.train_responses, held.test_ids, held.test_responses, ks, seeds, progress=progress)
-    curve = [{"k": r["k"], "prior_ev": r["braincorl_ev"], "prior_r": r["braincorl_r"], "ridge_ev": r["ridge_ev"],
-              "ridge_full_ev": r["ridge_full_ev"]} for r in rows]
+                            held.train_responses, held.test_ids, held.test_responses, ks, seeds, name="prior",
+                            progress=progress)
+    curve = [{key: r[key] for key in ("k", "prior_ev", "prior_r", "ridge_ev", "ridge_full_ev")} for r in rows]
     return {"learned_from": names[:-1], "groups": prior.groups, "noise_fraction": prior.noise_fraction,
             "curve": curve}
 

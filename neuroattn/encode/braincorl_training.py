@@ -424,6 +424,7 @@ def in_context_curve(
     seeds: int = 3,
     *,
     ridge: Callable[[], Any] | None = None,
+    name: str = "braincorl",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Test accuracy of in-context encoders against ridge as the number of support images k grows.
@@ -437,12 +438,13 @@ def in_context_curve(
     embeddings : ``(N_img, D)``; ``train_ids`` ``(n,)`` / ``test_ids`` ``(t,)`` index it.
     train_responses, test_responses : ``(n, V)`` and ``(t, V)``.
     ridge : factory of the ridge encoder (default ``RidgeEncoder()``); ridge needs k >= 3, else NaN.
+    name : prefix of the in-context encoder's columns (``braincorl``; ``prior`` for the Gaussian prior).
 
     Returns
     -------
-    One dict per k: ``k``, ``seeds``, ``braincorl_r``, ``braincorl_r_sd`` (over seeds), ``braincorl_ev``,
+    One dict per k: ``k``, ``seeds``, ``{name}_r``, ``{name}_r_sd`` (over seeds), ``{name}_ev``,
     ``ridge_r``, ``ridge_ev``, ``ridge_full_r``, ``ridge_full_ev`` (means over voxels, then seeds),
-    ``n_train`` and ``braincorl_status`` ("trained" or "UNTRAINED").
+    ``n_train`` and ``{name}_status`` ("trained" or "UNTRAINED").
     """
     from neuroattn.encode.metrics import explained_variance, voxelwise_pearson
     from neuroattn.encode.ridge_encoder import RidgeEncoder
@@ -472,9 +474,9 @@ def in_context_curve(
         ours_a, theirs_a = np.array(ours), np.array(theirs)
         rows.append({
             "k": k, "seeds": seeds,
-            "braincorl_r": float(ours_a[:, 0].mean()), "braincorl_r_sd": float(ours_a[:, 0].std()),
-            "braincorl_ev": float(ours_a[:, 1].mean()),
+            f"{name}_r": float(ours_a[:, 0].mean()), f"{name}_r_sd": float(ours_a[:, 0].std()),
+            f"{name}_ev": float(ours_a[:, 1].mean()),
             "ridge_r": float(theirs_a[:, 0].mean()), "ridge_ev": float(theirs_a[:, 1].mean()),
-            "ridge_full_r": full_r, "ridge_full_ev": full_ev, "n_train": n, "braincorl_status": encoder.status,
+            "ridge_full_r": full_r, "ridge_full_ev": full_ev, "n_train": n, f"{name}_status": encoder.status,
         })  # fmt: skip
     return rows

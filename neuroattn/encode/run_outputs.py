@@ -173,11 +173,9 @@ def in_context_rows(run: EncodeRun, *, progress: bool = False) -> list[dict[str,
         model: Any = PriorEncoder(WeightPrior.load(run.encoder.info["meta_run"]), roi_groups(s)[voxels])
     else:
         model = _hypernetwork(run)
-    rows = in_context_curve(model, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
+    return in_context_curve(model, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
                             s.test_responses[:, voxels], ks=run.settings.ks, seeds=run.settings.curve_seeds,
-                            progress=progress)
-    prefix = f"{run.encoder.model}_"
-    return [{k.replace("braincorl_", prefix, 1): v for k, v in row.items()} for row in rows]
+                            name=run.encoder.model, progress=progress)
 
 
 def support_attention_rows(run: EncodeRun, top: int = 5) -> list[dict[str, Any]]:
