@@ -42,6 +42,14 @@ def _throughput(run: Path) -> float | None:
     return None if not seconds or not samples else round(samples / seconds, 1)
 
 
+def _reusable(folder: Path, plan: DecodeSettings) -> bool:
+    """True when ``folder`` holds a finished run trained with exactly ``plan``'s settings (``--reuse``)."""
+    info = folder / "decode_run.json"
+    if not (folder / "final").is_dir() or not info.is_file():
+        return False
+    return json.loads(info.read_text()).get("settings") == json.loads(json.dumps(asdict(plan)))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     data_dir = Path(args.data) if args.data else work / "data"
@@ -68,22 +76,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "brain-it": settings("brain-it", args.brain_it_config, subjects=subjects[:2]),
     }
     runs: dict[str, Path] = {}
-    for name, plan in plans.items():
+    reused: list[str] = []
+
+    def train(name: str, plan: DecodeSettings, fit: Any, reuse: bool = args.reuse) -> None:
+        folder = work / "runs" / name
+        if reuse and _reusable(folder, plan):
+            runs[name] = folder
+            reused.append(name)
+            return
         start = time.perf_counter()
-        runs[name] = train_decoder(data, plan, work / "runs" / name, progress=args.progress)
+        runs[name] = fit(folder)
         timings[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
+
+    for name, plan in plans.items():
+        train(name, plan, lambda folder, plan=plan: train_decoder(data, plan, folder, progress=args.progress))
     new = subjects[2]
     few = {"train_fraction": args.adapt_fraction, "subjects": [new]}
-    start = time.perf_counter()
     few |= {"steps": args.adapt_steps} if args.adapt_steps else {}  # the same images and steps for both
-    runs["brain-it-adapted"] = adapt_brain_it(
-        data, runs["brain-it"], new, settings("brain-it", args.brain_it_config, **few),
-        work / "runs" / "brain-it-adapted", progress=args.progress)
-    timings["adapt_s"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    runs["brain-it-alone"] = train_decoder(data, settings("brain-it", args.brain_it_config, **few),
-                                           work / "runs" / "brain-it-alone", progress=args.progress)
-    timings["train_brain-it-alone_s"] = round(time.perf_counter() - start, 1)
+    few_plan = settings("brain-it", args.brain_it_config, **few)
+    train("brain-it-adapted", few_plan, lambda folder: adapt_brain_it(data, runs["brain-it"], new, few_plan, folder,
+                                                                      progress=args.progress),
+          reuse=args.reuse and "brain-it" in reused)  # an adaptation is only as current as its base run
+    train("brain-it-alone", few_plan, lambda folder: train_decoder(data, few_plan, folder, progress=args.progress))
     results = {}
     for name, folder in runs.items():
         start = time.perf_counter()
@@ -118,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": vars(args) | {"work": str(work)},
         "train_settings": {name: asdict(plan) for name, plan in plans.items()},
         "results": results,
+        "reused_runs": reused,
         "targets": checks,
         "timings_s": timings,
     }
@@ -154,6 +169,8 @@ def main() -> None:
     parser.add_argument("--recon-limit", type=int, default=50)
     parser.add_argument("--recon-steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a run already in --work/runs whose recorded settings equal this plan's")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()

@@ -7,6 +7,11 @@ adds ``(A0 + A(k)) m`` to the read-out weights. ``A0`` starts as ``c I`` (a shru
 training starts from a ridge-like encoder) and ``A(k) = g0(k) I + P diag(g(k)) Q^T`` is a low-rank,
 support-size-dependent correction: with whitened embeddings (``X^T X ~ k I``) these linear maps of ``m`` span
 ridge and Bayes-with-a-Gaussian-prior estimators, so meta-training can learn the prior's subspace directly.
+
+A second optional path (``prior_components > 0``, :mod:`neuroattn.encode.mixture_prior`) is exact where the moment
+path is approximate: a meta-learned Gaussian-mixture prior on the standardised weights, whose posterior mean given
+the voxel's own support set (its actual ``X^T X``, any k) is added to the read-out. Meta-training then learns the
+transformer's correction of the Bayes estimate, and the prior itself, end to end.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from neuroattn.attention import Dense
+from neuroattn.encode.mixture_prior import MixturePrior
 from neuroattn.errors import ConfigError
 from neuroattn.io.checkpoints import load_model
 from neuroattn.nn.transformer import Mlp, TransformerBlock
@@ -42,12 +48,21 @@ class BraInCoRLConfig:
     moment_path: bool = True  # add the cross-moment token and the read-out (A0 + A(k)) m (see module docstring)
     moment_rank: int = 16  # rank of the support-size-dependent correction A(k)
     moment_init: float = 0.5  # c of A0 = c I at initialisation (shrinkage of the correlation estimate)
+    prior_components: int = 0  # > 0: add the posterior mean under a meta-learned Gaussian-mixture weight prior
+    prior_noise: float = 0.5  # initial noise share of a standardised response (the prior path's likelihood)
+    prior_adapt_iters: int = 0  # EM steps of that prior over a new subject's voxels when fitting (empirical Bayes)
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "dim", "depth", "heads", "n_registers", "head_hidden", "moment_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
+        for name in ("prior_components", "prior_adapt_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"'{name}' must be an integer >= 0. {value!r} was provided.")
+        if not 0.0 < self.prior_noise < 1.0:
+            raise ConfigError(f"'prior_noise' must be in (0, 1). {self.prior_noise!r} was provided.")
         if self.dim % self.heads:
             raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
         if not self.mlp_ratio > 0 or not self.eps > 0:
@@ -81,7 +96,8 @@ class BraInCoRL(nn.Module):
     tokens join them (and, with ``moment_path``, one token of the cross-moment ``m = X^T z / k`` and ``log k``);
     Dense self-attention blocks (SwiGLU MLPs) mix everything, padded support entries being masked out as
     keys; the registers are read out by an MLP into ``(w, b)`` of a linear model of ``z`` (with ``moment_path``
-    ``w += (A0 + A(k)) m`` and ``b -= x̄ · w``, x̄ the support's mean embedding, as ridge's intercept), which is
+    ``w += (A0 + A(k)) m``; with ``prior_components`` a token of the Bayes estimate joins them and ``w`` gains
+    that posterior mean; with either, ``b -= x̄ · w``, x̄ the support's mean embedding, as ridge's intercept),
     mapped back to the response's own units: ``weights = std * w``, ``bias = std * b + mean``.
     Without positional codes the output is invariant to the order of the support set, and the
     standardisation makes it equivariant to ``responses * c + d`` for ``c > 0``.
@@ -103,7 +119,8 @@ class BraInCoRL(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head = Mlp(config.n_registers * dim, config.head_hidden, d + 1)
-        self.n_prefix = config.n_registers + int(config.moment_path)  # tokens before the support tokens
+        # tokens before the support tokens: registers, then the moment token, then the Bayes-estimate token
+        self.n_prefix = config.n_registers + int(config.moment_path) + int(config.prior_components > 0)
         if config.moment_path:
             r = config.moment_rank
             self.moment_proj = nn.Linear(d + 1, dim)  # (m ‖ log k) -> token
@@ -113,7 +130,12 @@ class BraInCoRL(nn.Module):
             self.moment_gain = Mlp(1, 32, r + 1)  # log k -> (g0, g_1..g_r) of A(k)
             nn.init.zeros_(self.moment_gain.fc2.weight)  # A(k) = 0 at initialisation
             nn.init.zeros_(self.moment_gain.fc2.bias)
-            nn.init.zeros_(self.head.fc2.weight)  # the read-out starts as the moment estimate alone
+        self.prior = None
+        if config.prior_components:
+            self.prior = MixturePrior(d, config.prior_components, config.prior_noise)
+            self.prior_proj = nn.Linear(d, dim)  # the Bayes estimate -> token
+        if config.moment_path or config.prior_components:
+            nn.init.zeros_(self.head.fc2.weight)  # the read-out starts as the moment / Bayes estimate alone
             nn.init.zeros_(self.head.fc2.bias)
 
     def _check(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None) -> Tensor:
@@ -134,8 +156,10 @@ class BraInCoRL(nn.Module):
     def encode_support(self, embeddings: Tensor, responses: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """The transformer's input: tokens ``(B, P + k, dim)``, key mask ``(B, P + k)`` and the support stats.
 
-        ``P = n_prefix`` (registers, then the moment token with ``moment_path``). With ``moment_path`` the dict
-        also holds the cross-moment ``moment (B, D)``, the mean embedding ``x_mean (B, D)`` and ``log_k (B,)``.
+        ``P = n_prefix`` (registers, then the moment token with ``moment_path``, then the Bayes-estimate token
+        with ``prior_components``). The dict also holds the support stats ``mean``/``std`` ``(B,)``, the
+        standardised responses ``z`` ``(B, k)`` and the mean embedding ``x_mean (B, D)``; with ``moment_path``
+        the cross-moment ``moment (B, D)`` and ``log_k (B,)``; with the prior path its posterior mean ``bayes``.
         Padded entries are zeroed first, so whatever they hold (even NaN) cannot reach a valid token.
         """
         mask = self._check(embeddings, responses, mask)
@@ -147,13 +171,17 @@ class BraInCoRL(nn.Module):
         batch, n_reg = support.shape[0], self.config.n_registers
         prefix = [self.registers.expand(batch, n_reg, -1).to(support.dtype)]  # (B, R, dim)
         out: dict[str, Tensor] = {"mean": mean, "std": std}
+        count = mask.sum(dim=1).to(embeddings.dtype)  # (B,) valid pairs k
+        out["x_mean"] = embeddings.sum(dim=1) / count[:, None]  # (B, D)
         if self.config.moment_path:
-            count = mask.sum(dim=1).to(embeddings.dtype)  # (B,) valid pairs k
             out["moment"] = torch.einsum("bkd,bk->bd", embeddings, z.to(embeddings.dtype)) / count[:, None]  # (B, D)
-            out["x_mean"] = embeddings.sum(dim=1) / count[:, None]  # (B, D)
             out["log_k"] = count.log()  # (B,)
             token = self.moment_proj(torch.cat([out["moment"], out["log_k"][:, None]], dim=-1))  # (B, dim)
             prefix.append(token[:, None].to(support.dtype))  # (B, 1, dim)
+        if self.prior is not None:
+            centred = torch.where(mask[..., None], embeddings - out["x_mean"][:, None], 0.0)  # (B, k, D)
+            out["bayes"] = self.prior.posterior_mean(centred, z)  # (B, D)
+            prefix.append(self.prior_proj(out["bayes"].to(support.dtype))[:, None])  # (B, 1, dim)
         tokens = torch.cat([*prefix, support], dim=1)  # (B, P + k, dim)
         keys = torch.cat([torch.ones(batch, self.n_prefix, dtype=torch.bool, device=mask.device), mask], dim=1)
         return out | {"tokens": tokens, "key_mask": keys}
@@ -189,6 +217,9 @@ class BraInCoRL(nn.Module):
         w, b = out[:, :-1], out[:, -1]
         if self.config.moment_path:
             w = w + self.moment_weights(inputs["moment"], inputs["log_k"]).to(w.dtype)
+        if self.prior is not None:
+            w = w + inputs["bayes"].to(w.dtype)
+        if self.config.moment_path or self.prior is not None:
             b = b - (inputs["x_mean"].to(w.dtype) * w).sum(dim=-1)  # ridge-like intercept at the support mean
         std, mean = inputs["std"][:, None], inputs["mean"]
         return w * std, b * std[:, 0] + mean

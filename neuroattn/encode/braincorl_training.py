@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -163,6 +164,27 @@ def episode_forward(model: BraInCoRL, batch: dict[str, Tensor], buckets: int = 4
     return pred, std
 
 
+def empirical_prior(subjects: Sequence[tuple[Tensor, Tensor]], components: int, *, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Start of BraInCoRL's Bayes path: a Gaussian mixture on the training subjects' ridge weights.
+
+    Weights are fit on all of each subject's images (CV penalty per voxel) and divided by the voxel's response
+    std, the units the model's standardised responses use. The noise share is ``1 - mean CV R^2`` (clipped to
+    [0.05, 0.95]). Returns means ``(C, D)``, covariances ``(C, D, D)``, mixing weights ``(C,)`` and the share.
+    """
+    from neuroattn.encode.mixture_prior import fit_mixture
+    from neuroattn.encode.ridge_encoder import RidgeEncoder
+
+    weights, scores = [], []
+    for x, y in subjects:
+        x_np, y_np = x.double().numpy(), y.double().numpy()
+        fit = RidgeEncoder(seed=seed).fit(x_np, y_np)
+        weights.append((fit.weights_ / np.maximum(y_np.std(axis=0), 1e-12)).T)  # (V, D)
+        scores.append(float(np.clip(fit.cv_scores_, 0.0, 1.0).mean()))
+    noise = float(np.clip(1.0 - np.mean(scores), 0.05, 0.95))
+    return (*fit_mixture(np.concatenate(weights), components, seed=seed), noise)
+
+
 def _mean_pearson(pred: Tensor, true: Tensor) -> Tensor:
     """Mean over voxels of the Pearson r over the last axis of ``(B, V, m)`` tensors."""
     pc, tc = pred - pred.mean(-1, keepdim=True), true - true.mean(-1, keepdim=True)
@@ -303,6 +325,8 @@ class InContextEncoder:
         """
         data = _subject_tensors(subjects)
         model = self._model(int(data[0][0].shape[1]))
+        if model.prior is not None and not resume:  # the Bayes path starts from the subjects' empirical prior
+            model.prior.initialise(*empirical_prior(data, model.config.prior_components, seed=self.seed))
         dataset = EpisodeDataset(
             data, k_min=self.k_min, k_max=self.k_max, n_query=self.n_query,
             voxels_per_episode=self.voxels_per_episode, voxel_weights=voxel_weights, episodes=episodes,
@@ -358,7 +382,8 @@ class InContextEncoder:
             warnings.warn(
                 "BraInCoRL is UNTRAINED (random weights): its encoders are meaningless until meta_train() or load()",
                 UserWarning, stacklevel=2)  # fmt: skip
-        model = self._model(x.shape[1]).eval()
+        model = self._adapted_model(self._model(x.shape[1]).eval(), x, y)
+        self.fitted_model_ = model
         self.support_embeddings_, self.support_responses_ = x, y
         weights, bias = [], []
         chunks = range(0, y.shape[1], self.voxel_batch)
@@ -369,6 +394,29 @@ class InContextEncoder:
         self.weights_ = np.concatenate(weights, axis=0).T.copy()  # (D, V)
         self.bias_ = np.concatenate(bias)  # (V,)
         return self
+
+    def _adapted_model(self, model: BraInCoRL, x: np.ndarray, y: np.ndarray) -> BraInCoRL:
+        """The model whose Bayes-path prior took ``prior_adapt_iters`` EM steps over this subject's voxels.
+
+        Voxels with a finite, non-constant response to every support image share the support set, so together
+        they re-estimate the mixture (see :meth:`MixturePrior.adapt`); the stored model is left unchanged.
+        Returns ``model`` itself when the path is off or fewer than 2 images or voxels qualify.
+        """
+        self.prior_evidence_: list[float] = []
+        iters = model.config.prior_adapt_iters
+        if model.prior is None or not iters or len(x) < 2:
+            return model
+        std = y.std(axis=0)
+        usable = np.isfinite(y).all(axis=0) & (std > model.config.eps)
+        if usable.sum() < 2:
+            return model
+        z = (y[:, usable] - y[:, usable].mean(axis=0)) / std[usable]  # (k, V') standardised as the model does
+        centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)  # (k, D)
+        device = next(model.parameters()).device
+        adapted = copy.deepcopy(model)
+        self.prior_evidence_ = adapted.prior.adapt(torch.from_numpy(centred).to(device),
+                                                   torch.from_numpy(z.astype(np.float64)).to(device), iters)
+        return adapted
 
     @torch.no_grad()
     def _run(self, model: BraInCoRL, y: np.ndarray, method: str) -> Any:
@@ -410,7 +458,7 @@ class InContextEncoder:
         idx = np.asarray(voxels, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.bias_.size or idx.max() >= self.bias_.size):
             raise InvalidInputError(f"voxel indices outside [0, {self.bias_.size})", None)
-        return self._run(self.model_.eval(), self.support_responses_[:, idx], "support_attention")
+        return self._run(self.fitted_model_, self.support_responses_[:, idx], "support_attention")
 
 
 def in_context_curve(

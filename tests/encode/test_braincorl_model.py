@@ -10,6 +10,9 @@ from neuroattn.errors import CheckpointError, ConfigError
 from neuroattn.io.checkpoints import save_checkpoint
 
 D = 12
+# read-out paths: moment estimate, registers only, Bayes estimate under a Gaussian-mixture prior
+PATHS = [{"moment_path": True}, {"moment_path": False}, {"moment_path": False, "prior_components": 2}]
+PATH_IDS = ["moment", "registers", "prior"]
 
 
 def _model(seed: int = 0, **overrides) -> BraInCoRL:
@@ -48,10 +51,10 @@ def test_output_shapes_and_predict() -> None:
                                + bias[:, None])  # fmt: skip
 
 
-@pytest.mark.parametrize("moment", [True, False])
-def test_padding_changes_nothing(moment: bool) -> None:
+@pytest.mark.parametrize("paths", PATHS, ids=PATH_IDS)
+def test_padding_changes_nothing(paths: dict) -> None:
     """Padded entries (even NaN or huge) leave weights, bias and support attention unchanged (1e-5)."""
-    model = _model(1, moment_path=moment)
+    model = _model(1, **paths)
     x, y = _support(k=7, seed=1)
     ref_w, ref_b = model(x, y)
     ref_att = model.support_attention(x, y)
@@ -68,10 +71,10 @@ def test_padding_changes_nothing(moment: bool) -> None:
     assert bool((att[:, 7:] == 0).all())
 
 
-@pytest.mark.parametrize("moment", [True, False])
-def test_interleaved_padding_in_a_mixed_batch(moment: bool) -> None:
+@pytest.mark.parametrize("paths", PATHS, ids=PATH_IDS)
+def test_interleaved_padding_in_a_mixed_batch(paths: dict) -> None:
     """Two support sets of different sizes in one padded batch equal their separate unpadded runs."""
-    model = _model(2, moment_path=moment)
+    model = _model(2, **paths)
     x, y = _support(batch=2, k=8, seed=2)
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[1, [1, 4, 6]] = False
@@ -83,9 +86,9 @@ def test_interleaved_padding_in_a_mixed_batch(moment: bool) -> None:
     torch.testing.assert_close(b, torch.cat([b0, b1]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("moment", [True, False])
-def test_permutation_invariance_of_the_support_set(moment: bool) -> None:
-    model = _model(3, moment_path=moment)
+@pytest.mark.parametrize("paths", PATHS, ids=PATH_IDS)
+def test_permutation_invariance_of_the_support_set(paths: dict) -> None:
+    model = _model(3, **paths)
     x, y = _support(k=10, seed=3)
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
     w, b = model(x, y)
@@ -95,11 +98,11 @@ def test_permutation_invariance_of_the_support_set(moment: bool) -> None:
     torch.testing.assert_close(model.support_attention(x[:, perm], y[:, perm]), model.support_attention(x, y)[:, perm])
 
 
-@pytest.mark.parametrize("moment", [True, False])
+@pytest.mark.parametrize("paths", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("scale,shift", [(3.7, -12.0), (0.01, 5.0), (250.0, 0.0)])
-def test_scale_equivariance(scale: float, shift: float, moment: bool) -> None:
+def test_scale_equivariance(scale: float, shift: float, paths: dict) -> None:
     """responses * c + d (c > 0) -> predictions * c + d, in every response unit."""
-    model = _model(4, moment_path=moment)
+    model = _model(4, **paths)
     x, y = _support(k=11, seed=4)
     query = torch.randn(3, 6, D)
     pred = BraInCoRL.predict(*model(x, y), query)

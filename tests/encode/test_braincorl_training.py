@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 
@@ -41,8 +42,9 @@ def planted_world(seed: int = 0, n_img: int = 500, n_subjects: int = 5, n_voxels
     return x, axes, subjects
 
 
-def _encoder(**overrides) -> InContextEncoder:
-    config = BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, n_registers=2, mlp_ratio=2.0, head_hidden=64)
+def _encoder(config: BraInCoRLConfig | None = None, **overrides) -> InContextEncoder:
+    config = config or BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, n_registers=2, mlp_ratio=2.0,
+                                       head_hidden=64)  # fmt: skip
     settings = dict(k_min=5, k_max=60, n_query=40, voxels_per_episode=16, episodes_per_step=8, lr=2e-3,
                     warmup_steps=20, device="cpu", progress=False) | overrides  # fmt: skip
     return InContextEncoder(config, **settings)
@@ -233,3 +235,61 @@ def test_bucketed_episode_forward_equals_one_padded_pass() -> None:
         pred, std = episode_forward(model, batch, buckets=3)
     torch.testing.assert_close(pred, one_pred, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(std, one_std)
+
+
+def _bayes_config(**overrides) -> BraInCoRLConfig:
+    return BraInCoRLConfig(embedding_dim=D, dim=32, depth=2, heads=4, n_registers=2, mlp_ratio=2.0, head_hidden=64,
+                           moment_path=False, prior_components=2, **overrides)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bayes_trained(world, tmp_path_factory):
+    torch.set_num_threads(1)
+    x, _, subjects = world
+    run = tmp_path_factory.mktemp("braincorl-bayes") / "run"
+    encoder = _encoder(_bayes_config(prior_adapt_iters=5), warmup_steps=5)
+    return encoder.meta_train([(x, s[1], s[0]) for s in subjects[:-1]], run, steps=20)
+
+
+def test_empirical_prior_spans_the_planted_axes(world) -> None:
+    """The Bayes path's start (a mixture on the training subjects' standardised ridge weights) finds the shared axes."""
+    from neuroattn.encode.braincorl_training import _subject_tensors, empirical_prior
+
+    x, axes, subjects = world
+    means, covs, weights, noise = empirical_prior(_subject_tensors([(x, s[1], s[0]) for s in subjects[:-1]]), 2)
+    centre = weights @ means
+    pooled = np.einsum("c,cde->de", weights, covs + np.einsum("cd,ce->cde", means, means)) - np.outer(centre, centre)
+    top = np.linalg.eigh(pooled)[1][:, -RANK:]  # (D, RANK)
+    cosines = np.linalg.svd(top.T @ axes, compute_uv=False)  # principal-angle cosines with the planted span
+    print(f"principal cosines {np.round(cosines, 3)}, noise share {noise:.3f}")
+    assert cosines.min() > 0.95
+    assert 0.05 <= noise < 0.5  # noise sd 1 against signal sd ~ sqrt(RANK) per unit: mostly signal
+
+
+def test_bayes_path_beats_ridge_at_small_k(world, bayes_trained) -> None:
+    rows = _curve(bayes_trained, world)
+    for k in (10, 20, 25):
+        row = rows[k]
+        print(f"Bayes path k={k}: EV {row['braincorl_ev']:.3f} (r {row['braincorl_r']:.3f}), ridge EV "
+              f"{row['ridge_ev']:.3f} (r {row['ridge_r']:.3f})")  # fmt: skip
+        assert row["braincorl_status"] == "trained"
+        assert row["braincorl_ev"] >= row["ridge_ev"] + 0.1
+        assert row["braincorl_r"] >= row["ridge_r"] + 0.05
+
+
+def test_fit_adapts_a_copy_of_the_prior_to_the_subject(world, bayes_trained) -> None:
+    """EM over the subject's voxels climbs their evidence and leaves the stored model as it was."""
+    x, _, subjects = world
+    train_ids, train_y = subjects[-1][0], subjects[-1][1]
+    stored = {k: v.clone() for k, v in bayes_trained.model_.state_dict().items()}
+    bayes_trained.fit(x[train_ids[:15]], train_y[:15])
+    history = bayes_trained.prior_evidence_
+    assert len(history) == 6 and all(b >= a - 1e-9 for a, b in itertools.pairwise(history))
+    for key, value in bayes_trained.model_.state_dict().items():
+        assert torch.equal(value, stored[key]), key
+    adapted = bayes_trained.fitted_model_
+    assert adapted is not bayes_trained.model_
+    assert not torch.equal(adapted.prior.mean, bayes_trained.model_.prior.mean)
+    expected = adapted(torch.from_numpy(x[train_ids[:15]]).expand(2, 15, D),
+                       torch.from_numpy(np.ascontiguousarray(train_y[:15, :2].T)).float())[0]
+    np.testing.assert_allclose(bayes_trained.weights_[:, :2].T, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
