@@ -45,7 +45,8 @@ def _throughput(run: Path) -> float | None:
 def _reusable(folder: Path, plan: DecodeSettings) -> bool:
     """True when ``folder`` holds a finished run trained with exactly ``plan``'s settings (``--reuse``)."""
     info = folder / "decode_run.json"
-    if not (folder / "final").is_dir() or not info.is_file():
+    finished = (folder / "final").is_dir() or (folder / "model.safetensors").is_file()  # trained, or ridge's fit
+    if not finished or not info.is_file():
         return False
     return json.loads(info.read_text()).get("settings") == json.loads(json.dumps(asdict(plan)))
 
@@ -152,7 +153,7 @@ def _print(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench_results/decoding.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decoding.json"))
     parser.add_argument("--work", default="bench_results/decoding", help="folder for data, runs and evaluations")
     parser.add_argument("--data", default=None, help="an existing decoding data folder (default: simulate one)")
     parser.add_argument("--voxels", type=int, default=6000, help="voxels per simulated subject")

@@ -5,10 +5,11 @@ BraInCoRL on every subject but the last, and for the held-out subject compares, 
 BraInCoRL given k of its training images in context, ridge fit on the same k images, and ridge fit on all of
 them (k = 10 ... 500, several random draws). A Gaussian prior on voxel weights per ROI, learned from the
 other subjects' ridge weights (``neuroattn.encode.gaussian_prior``), reads the same support draws: what a
-prior from other subjects gives at small k, the reference for BraInCoRL's curve. Then LaVCa describes the
-held-out subject's voxels (ridge encoder, stimulus descriptions as captions, keyword composer), scored by
-Spearman against a top-image-caption baseline and a shuffled control, with the rate at which a planted
-concept voxel's sentence names its concept. Prints a table and writes JSON (``--out``).
+prior from other subjects gives at small k, the reference for BraInCoRL's curve. When BraInCoRL's Bayes path
+adapts its prior to the new subject (EM over its voxels), its curve is also drawn without that step. Then
+LaVCa describes the held-out subject's voxels (ridge encoder, stimulus descriptions as captions, keyword
+composer), scored by Spearman against a top-image-caption baseline and a shuffled control, with the rate at
+which a planted concept voxel's sentence names its concept. Prints a table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from neuroattn.decode.pipeline import SimulateSettings, simulate_dataset
-from neuroattn.encode.braincorl_training import in_context_curve
+from neuroattn.encode.braincorl_training import InContextEncoder, in_context_curve
 from neuroattn.encode.data import EncodingData
 from neuroattn.encode.gaussian_prior import PriorEncoder, prior_from_subjects, roi_groups
 from neuroattn.encode.run_outputs import evaluate_encoding_run
@@ -49,6 +50,23 @@ def _targets(curve: list[dict[str, Any]], captions: dict[str, Any]) -> dict[str,
         "concept_naming_rate": captions.get("concept_naming_rate"),
         "concept_naming_rate_selective": captions.get("concept_naming_rate_selective"),
     }
+
+
+def curve_without_adaptation(run: Any, data: EncodingData, ks: list[int], seeds: int, progress: bool
+                             ) -> list[dict[str, Any]] | None:
+    """BraInCoRL's curve on the same support draws with its prior's EM over the new subject switched off.
+
+    None when the run's model has no Bayes path or does not adapt it.
+    """
+    hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+    config = hyper.model_.config
+    if not config.prior_components or not config.prior_adapt_iters:
+        return None
+    config.prior_adapt_iters = 0
+    held = run.subject
+    rows = in_context_curve(hyper, data.features.values, held.train_ids, held.train_responses, held.test_ids,
+                            held.test_responses, ks, seeds, name="no_em", progress=progress)  # fmt: skip
+    return [{key: r[key] for key in ("k", "no_em_ev", "no_em_r")} for r in rows]
 
 
 def prior_curve(data: EncodingData, ks: list[int], seeds: int, progress: bool) -> dict[str, Any]:
@@ -76,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         simulate_dataset(data_dir, settings, progress=args.progress)
         timings["simulate_s"] = round(time.perf_counter() - start, 1)
     base = load_pipeline_config(ROOT / "pipelines" / "encode" / "braincorl-small.yaml", EncodeSettings)
-    base.meta_steps, base.device, base.curve_seeds = args.meta_steps, args.device, args.seeds
+    base.meta_steps = args.meta_steps or base.meta_steps
+    base.device, base.curve_seeds = args.device, args.seeds
     data = base.open_data(data_dir, progress=args.progress)
 
     if args.braincorl_curve:  # the curve measured on a GPU by benchmarks/gpu_encoding.py on this same data
@@ -92,7 +111,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bc_metrics = evaluate_encoding_run(open_run(bc_run), work / "braincorl-eval", figures=True,
                                            progress=args.progress)
         timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
-        bc_source = {"from": "this run", "device": args.device, "steps": args.meta_steps, "config": base.braincorl}
+        bc_source = {"from": "this run", "device": args.device, "steps": base.meta_steps, "config": base.braincorl}
+        start = time.perf_counter()
+        no_em = curve_without_adaptation(open_run(bc_run), data, base.ks, args.seeds, args.progress)
+        if no_em is not None:
+            bc_source["curve_without_prior_em"] = no_em
+            timings["braincorl_curve_without_em_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
     prior = prior_curve(data, [row["k"] for row in bc_metrics["in_context_curve"]], args.seeds, args.progress)
@@ -133,10 +157,11 @@ def _print(result: dict[str, Any]) -> None:
     print(f"{'k':>5} | {'BraInCoRL EV':>12} | {'prior EV':>8} | {'ridge(k) EV':>11} | {'ridge(all) EV':>13} | "
           f"{'BraInCoRL r':>11} | {'ridge(k) r':>10}")
     prior = {row["k"]: row["prior_ev"] for row in result["gaussian_prior"]["curve"]}
+    no_em = {row["k"]: row["no_em_ev"] for row in result["braincorl"]["source"].get("curve_without_prior_em") or []}
     for row in result["braincorl"]["curve"]:
         print(f"{row['k']:>5} | {row['braincorl_ev']:>12.3f} | {prior.get(row['k'], float('nan')):>8.3f} | "
               f"{row['ridge_ev']:>11.3f} | {row['ridge_full_ev']:>13.3f} | {row['braincorl_r']:>11.3f} | "
-              f"{row['ridge_r']:>10.3f}")
+              f"{row['ridge_r']:>10.3f}" + (f" | without prior EM {no_em[row['k']]:.3f}" if row["k"] in no_em else ""))
     sp = result["lavca"]["spearman"]
     print(f"LaVCa Spearman {sp['lavca_mean']:.3f} | top-image caption {sp['baseline_mean']:.3f} | "
           f"shuffled {sp['shuffled_mean']:.3f}")
@@ -151,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="bench_results/encoding", help="Folder for the data and runs.")
     parser.add_argument("--data", default=None, help="Reuse this data folder (default: simulate into --work).")
-    parser.add_argument("--meta-steps", type=int, default=1500, help="BraInCoRL meta-training steps.")
+    parser.add_argument("--meta-steps", type=int, default=None,
+                        help="BraInCoRL meta-training steps (default: pipelines/encode/braincorl-small.yaml's).")
     parser.add_argument("--seeds", type=int, default=3, help="Random support draws per k.")
     parser.add_argument("--braincorl-curve", default=None, help="Take BraInCoRL's curve from this JSON of "
                         "benchmarks/gpu_encoding.py (same data folder) instead of meta-training here.")

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> None:
     train = [(emb, npz[f"{n}/train"].astype(np.float32), npz[f"{n}/train_ids"]) for n in names[:-1]]
     weights = [np.clip(npz[f"{n}/noise_ceiling"] / 100.0, 0, 1) for n in names[:-1]]
     config = BraInCoRLConfig(embedding_dim=emb.shape[1], dim=args.dim, depth=args.depth, heads=args.heads,
-                             n_registers=args.registers)
+                             n_registers=args.registers, moment_path=not args.prior_components,
+                             prior_components=args.prior_components, prior_adapt_iters=args.prior_adapt_iters)
     encoder = InContextEncoder(config, k_min=10, k_max=args.k_max, n_query=100, voxels_per_episode=args.voxels,
                                episodes_per_step=args.episodes, lr=args.lr, device=args.device, progress=False,
                                voxel_batch=2048)
@@ -98,6 +99,9 @@ def main() -> None:
     rn.add_argument("--depth", type=int, default=4)
     rn.add_argument("--heads", type=int, default=4)
     rn.add_argument("--registers", type=int, default=8)
+    rn.add_argument("--prior-components", type=int, default=0,
+                    help="Bayes path with this many mixture components (replaces the moment path); 0: off")
+    rn.add_argument("--prior-adapt-iters", type=int, default=0, help="EM steps of the prior over the new subject")
     rn.add_argument("--k-max", type=int, default=500)
     rn.add_argument("--voxels", type=int, default=64)
     rn.add_argument("--episodes", type=int, default=16)

@@ -282,8 +282,10 @@ def adapt_new_subject(
     """Add a new subject to a trained Brain-IT, training only that subject's voxel embeddings.
 
     The new voxels' embeddings start from their profiles (ridge weights on ``tokens[:, 0]`` unless
-    ``profiles`` is given) embedded by the run's PCA, and each voxel joins the mixture cluster of highest
-    likelihood; everything shared, and every other subject, stays frozen. The adapted model (all subjects)
+    ``profiles`` is given) embedded by the run's PCA. Profiles from few images are noisy, so each voxel joins
+    the mixture cluster of highest likelihood once that noise is added to every cluster's variance, and starts
+    from its denoised embedding (:meth:`VoxelClusters.place_noisy`); everything shared, and every other
+    subject, stays frozen. The adapted model (all subjects)
     lands in ``train.out_dir / "final"``; load it with ``BrainITDecoder.load(train.out_dir, subject)``.
 
     Parameters
@@ -302,8 +304,8 @@ def adapt_new_subject(
         raise InvalidInputError(f"profiles of {subject!r} have {item.profiles.shape[1]} features; the run's clusters "
                                 f"were fitted on {clusters.n_features}")
     model.requires_grad_(False)
-    voxels = model.add_subject(subject, torch.from_numpy(clusters.embed(item.profiles)),
-                               torch.from_numpy(clusters.predict(item.profiles)))
+    labels, start = clusters.place_noisy(clusters.embed(item.profiles))
+    voxels = model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels))
     voxels.embedding.requires_grad_(True)
     dataset = MultiSubjectTrials([item], cfg)
     summary = dict(ckpt.data_summary)

@@ -96,20 +96,52 @@ class VoxelClusters:
         scores = (unit - self.mean) @ self.components.T  # (V, P)
         return (scores / self.scale).astype(np.float32)
 
-    def log_likelihood(self, embeddings: np.ndarray) -> np.ndarray:
-        """Per-cluster joint log density ``log w_k + log N(e | mu_k, diag var_k)``, ``(V, K)`` float64."""
+    def log_likelihood(self, embeddings: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Per-cluster joint log density ``log w_k + log N(e | mu_k, diag(var_k + noise))``, ``(V, K)`` float64.
+
+        ``noise`` ``(P,)`` is the variance of the embeddings' own estimation error (0 when None).
+        """
         e = np.asarray(embeddings, dtype=np.float64)[:, None, :]  # (V, 1, P)
-        quad = ((e - self.means[None]) ** 2 / self.variances[None]).sum(-1)  # (V, K)
-        log_det = np.log(2 * np.pi * self.variances).sum(-1)  # (K,)
+        var = self.variances + (0.0 if noise is None else np.asarray(noise, dtype=np.float64))  # (K, P)
+        quad = ((e - self.means[None]) ** 2 / var[None]).sum(-1)  # (V, K)
+        log_det = np.log(2 * np.pi * var).sum(-1)  # (K,)
         return np.log(self.weights)[None] - 0.5 * (quad + log_det[None])
 
-    def assign(self, embeddings: np.ndarray) -> np.ndarray:
-        """The most likely cluster of each embedded voxel, ``(V,)`` int64."""
-        return self.log_likelihood(embeddings).argmax(axis=1).astype(np.int64)
+    def assign(self, embeddings: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """The most likely cluster of each embedded voxel, ``(V,)`` int64 (``noise`` as in :meth:`log_likelihood`)."""
+        return self.log_likelihood(embeddings, noise).argmax(axis=1).astype(np.int64)
 
     def predict(self, profiles: np.ndarray) -> np.ndarray:
         """Cluster of each voxel profile ``(V, F)`` -> ``(V,)`` int64 (a new subject's voxels included)."""
         return self.assign(self.embed(profiles))
+
+    def excess_variance(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per-axis variance of ``embeddings`` ``(V, P)`` beyond the mixture's own, ``(P,)`` >= 0.
+
+        Profiles estimated from few images scatter more than the clusters do; the excess estimates the variance
+        of that estimation noise (about 0 for the subjects the clusters were fitted on).
+        """
+        e = np.asarray(embeddings, dtype=np.float64)
+        centre = self.weights @ self.means  # (P,)
+        total = self.weights @ (self.variances + self.means**2) - centre**2  # (P,) the mixture's variance
+        return np.maximum(e.var(axis=0) - total, 0.0)
+
+    def place_noisy(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clusters and denoised embeddings for voxels whose embeddings carry estimation noise (few images).
+
+        With the noise variance ``n`` from :meth:`excess_variance`, each voxel joins the cluster of highest
+        likelihood under ``N(mu_k, var_k + n)`` (so noise does not pull voxels into the broadest cluster), and its
+        embedding becomes the posterior mean ``mu_k + var_k / (var_k + n) * (e - mu_k)`` averaged over clusters by
+        their posterior probabilities. Returns ``(V,)`` int64 labels and ``(V, P)`` float32 embeddings.
+        """
+        e = np.asarray(embeddings, dtype=np.float64)
+        noise = self.excess_variance(e)
+        joint = self.log_likelihood(e, noise)  # (V, K)
+        post = np.exp(joint - joint.max(axis=1, keepdims=True))
+        post /= post.sum(axis=1, keepdims=True)  # (V, K)
+        gain = self.variances / (self.variances + noise)  # (K, P)
+        shrunk = self.means[None] + gain[None] * (e[:, None] - self.means[None])  # (V, K, P)
+        return joint.argmax(axis=1).astype(np.int64), np.einsum("vk,vkp->vp", post, shrunk).astype(np.float32)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Float64 tensors for a safetensors checkpoint (keys: mean, components, scale, means, variances, weights)."""

@@ -75,3 +75,30 @@ def test_clusters_are_shared_across_subjects_and_round_trip() -> None:
         fit_voxel_clusters(profiles, 500)
     with pytest.raises(InvalidInputError, match="one F"):
         fit_voxel_clusters([np.ones((4, 3)), np.ones((4, 5))], 2)
+
+
+def test_noisy_voxels_are_placed_by_the_deconvolved_mixture() -> None:
+    """Embeddings from few images: the noise variance is recovered, labels stop collapsing into the broad cluster,
+    and the posterior-mean start is closer to the true embeddings than the noisy ones."""
+    rng = np.random.default_rng(7)
+    k, p, noise = 4, 8, 2.0
+    means = 2.0 * rng.normal(size=(k, p))
+    variances = np.full((k, p), 0.3)
+    variances[0] = 2.5  # one broad cluster, as voxels of mixed tuning form
+    clusters = VoxelClusters(mean=np.zeros(p), components=np.eye(p), scale=np.ones(p), means=means,
+                             variances=variances, weights=np.full(k, 0.25))  # fmt: skip
+    label = rng.integers(0, k, size=4000)
+    true = means[label] + np.sqrt(variances[label]) * rng.normal(size=(4000, p))
+    noisy = true + np.sqrt(noise) * rng.normal(size=true.shape)
+    np.testing.assert_allclose(clusters.excess_variance(noisy), noise, rtol=0.15)
+    assert clusters.excess_variance(true).max() < 0.3  # the clusters' own voxels carry (almost) none
+    plain = clusters.assign(noisy)
+    placed, start = clusters.place_noisy(noisy)
+    plain_acc, placed_acc = (plain == label).mean(), (placed == label).mean()
+    print(f"label accuracy plain {plain_acc:.3f} vs deconvolved {placed_acc:.3f}; share in the broad cluster "
+          f"{(plain == 0).mean():.3f} vs {(placed == 0).mean():.3f} (true 0.25)")
+    assert placed_acc > plain_acc + 0.05
+    assert abs((placed == 0).mean() - 0.25) < abs((plain == 0).mean() - 0.25)
+    err_noisy, err_start = ((noisy - true) ** 2).mean(), ((start - true) ** 2).mean()
+    assert start.shape == (4000, p) and start.dtype == np.float32
+    assert err_start < 0.6 * err_noisy
