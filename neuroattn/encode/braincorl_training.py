@@ -367,6 +367,9 @@ class InContextEncoder:
     def fit(self, embeddings: np.ndarray, responses: np.ndarray) -> InContextEncoder:
         """Build every voxel's linear encoder from k support pairs (no gradient step).
 
+        With the Bayes path and ``prior_adapt_iters``, a copy of the model's prior first takes EM steps over these
+        voxels (empirical Bayes from the same k images); ``prior_evidence_`` records the evidence it climbed.
+
         Parameters
         ----------
         embeddings : ``(k, D)`` support image embeddings.

@@ -130,7 +130,7 @@ class MixturePrior(nn.Module):
             new_mean = torch.where(keep[:, None], mean, new_mean)
             new_cov = torch.where(keep[:, None, None], old_cov, new_cov)
             mix = torch.where(keep, self.mix_logit.double().softmax(0), count / count.sum())
-            self.initialise(new_mean.numpy(), new_cov.numpy(), mix.clamp_min(1e-12).numpy(), s2)
+            self.initialise(new_mean.cpu().numpy(), new_cov.cpu().numpy(), mix.clamp_min(1e-12).cpu().numpy(), s2)
         return history
 
     def posterior_mean(self, centred: Tensor, z: Tensor) -> Tensor:
