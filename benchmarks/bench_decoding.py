@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -85,6 +86,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs[name] = folder
             reused.append(name)
             return
+        if folder.exists():  # the benchmark's own run from other settings: train it again from scratch
+            print(f"replacing {folder} (trained with other settings)")
+            shutil.rmtree(folder)
         start = time.perf_counter()
         runs[name] = fit(folder)
         timings[f"train_{name}_s"] = round(time.perf_counter() - start, 1)
@@ -171,7 +175,8 @@ def main() -> None:
     parser.add_argument("--recon-steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep a run already in --work/runs whose recorded settings equal this plan's")
+                        help="keep a run already in --work/runs whose recorded settings equal this plan's "
+                             "(any other run there is trained again)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     start = time.perf_counter()
