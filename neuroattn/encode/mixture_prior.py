@@ -64,30 +64,39 @@ class MixturePrior(nn.Module):
         self.mix_logit.copy_(torch.from_numpy(np.log(weights / weights.sum())))
         self.noise_logit.fill_(math.log(noise / (1.0 - noise)))
 
+    def _joint(self, gram: Tensor, xz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-component posterior means ``(B, C, D)``, ``log pi_c + log evidence`` ``(B, C)`` and ``chol(A)``.
+
+        ``gram`` is ``X^T X / s2`` ``(G, D, D)``, with G = B or 1 (one support set shared by all B voxels), and
+        ``xz`` is ``X^T z / s2`` ``(B, D)``. With ``A_c = X^T X / s2 + P_c`` and ``h_c = X^T z / s2 + P_c mu_c``
+        the posterior mean is ``A_c^-1 h_c`` and the log evidence, up to terms shared by every component, is
+        ``-(mu_c^T P_c mu_c - h_c^T A_c^-1 h_c + log det A_c - log det P_c) / 2``. ``chol`` is ``(G, C, D, D)``.
+        """
+        dtype = gram.dtype
+        factor = self.factor().to(dtype)  # (C, D, D)
+        precision = factor @ factor.transpose(-1, -2)  # (C, D, D)
+        mean = self.mean.to(dtype)
+        p_mu = torch.einsum("cde,ce->cd", precision, mean)  # (C, D)
+        rhs = xz[:, None] + p_mu  # (B, C, D)
+        chol = torch.linalg.cholesky(gram[:, None] + precision)  # (G, C, D, D)
+        weights = torch.cholesky_solve(rhs[..., None], chol)[..., 0]  # (B, C, D)
+        log_det_a = 2.0 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (G, C)
+        log_det_p = 2.0 * torch.diagonal(self.precision_factor, dim1=-2, dim2=-1).to(dtype).sum(-1)  # (C,)
+        log_evidence = -0.5 * ((mean * p_mu).sum(-1) - (rhs * weights).sum(-1) + log_det_a - log_det_p)  # (B, C)
+        return weights, torch.log_softmax(self.mix_logit.to(dtype), 0) + log_evidence, chol
+
     def posterior(self, centred: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         """Per-component posterior means ``(B, C, D)`` and responsibilities ``(B, C)`` of B support sets.
 
         ``centred`` ``(B, k, D)`` support embeddings minus their mean (0 rows for padding), ``z`` ``(B, k)`` the
-        standardised responses (0 for padding). With ``A_c = X^T X / s2 + P_c`` and ``h_c = X^T z / s2 + P_c mu_c``
-        the posterior mean is ``A_c^-1 h_c`` and the log evidence, up to terms shared by every component, is
-        ``-(mu_c^T P_c mu_c - h_c^T A_c^-1 h_c + log det A_c - log det P_c) / 2``. Computed in float32 or wider.
+        standardised responses (0 for padding); see :meth:`_joint`. Computed in float32 or wider.
         """
         dtype = torch.promote_types(centred.dtype, torch.float32)
         with torch.autocast(device_type=centred.device.type, enabled=False):
-            x, z = centred.to(dtype), z.to(dtype)
-            factor = self.factor().to(dtype)  # (C, D, D)
-            precision = factor @ factor.transpose(-1, -2)  # (C, D, D)
-            mean, s2 = self.mean.to(dtype), self.noise.to(dtype)
-            p_mu = torch.einsum("cde,ce->cd", precision, mean)  # (C, D)
-            gram = torch.einsum("bkd,bke->bde", x, x) / s2  # (B, D, D)
-            rhs = (torch.einsum("bkd,bk->bd", x, z) / s2)[:, None] + p_mu  # (B, C, D)
-            chol = torch.linalg.cholesky(gram[:, None] + precision)  # (B, C, D, D)
-            weights = torch.cholesky_solve(rhs[..., None], chol)[..., 0]  # (B, C, D)
-            log_det_a = 2.0 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (B, C)
-            log_det_p = 2.0 * torch.diagonal(self.precision_factor, dim1=-2, dim2=-1).to(dtype).sum(-1)  # (C,)
-            log_evidence = -0.5 * ((mean * p_mu).sum(-1) - (rhs * weights).sum(-1) + log_det_a - log_det_p)
-            resp = torch.softmax(torch.log_softmax(self.mix_logit.to(dtype), 0) + log_evidence, dim=-1)  # (B, C)
-        return weights, resp
+            x, z, s2 = centred.to(dtype), z.to(dtype), self.noise.to(dtype)
+            weights, joint, _ = self._joint(torch.einsum("bkd,bke->bde", x, x) / s2,
+                                            torch.einsum("bkd,bk->bd", x, z) / s2)  # fmt: skip
+        return weights, torch.softmax(joint, dim=-1)
 
     @torch.no_grad()
     def adapt(self, centred: Tensor, z: Tensor, iters: int, min_share: float = 1e-3) -> list[float]:
@@ -101,32 +110,24 @@ class MixturePrior(nn.Module):
         step and after the last (up to a constant), a record that EM climbs.
         """
         x, z = centred.double(), z.double()
-        s2, (_c, _d) = float(self.noise), self.mean.shape
-        gram, h = x.T @ x / s2, x.T @ z / s2  # (D, D), (D, V)
+        s2 = float(self.noise)
+        gram, xz = (x.T @ x / s2)[None], (x.T @ z / s2).T  # (1, D, D) shared by every voxel, (V, D)
         history = []
         for step in range(iters + 1):
-            factor = self.factor().double()
-            precision = factor @ factor.transpose(-1, -2)  # (C, D, D)
-            mean = self.mean.double()
-            p_mu = torch.einsum("cde,ce->cd", precision, mean)  # (C, D)
-            chol = torch.linalg.cholesky(gram + precision)  # (C, D, D)
-            rhs = h[None] + p_mu[..., None]  # (C, D, V)
-            weights = torch.cholesky_solve(rhs, chol)  # (C, D, V) posterior means
-            log_det_a = 2.0 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (C,)
-            log_det_p = 2.0 * torch.diagonal(self.precision_factor, dim1=-2, dim2=-1).double().sum(-1)  # (C,)
-            log_evidence = -0.5 * (((mean * p_mu).sum(-1) + log_det_a - log_det_p)[:, None] - (rhs * weights).sum(1))
-            joint = torch.log_softmax(self.mix_logit.double(), 0)[:, None] + log_evidence  # (C, V)
-            history.append(float(torch.logsumexp(joint, 0).mean()))
+            weights, joint, chol = self._joint(gram, xz)  # (V, C, D), (V, C), (1, C, D, D)
+            history.append(float(torch.logsumexp(joint, 1).mean()))
             if step == iters:
                 break
-            resp = torch.softmax(joint, dim=0)  # (C, V)
-            count = resp.sum(1)  # (C,)
+            resp = torch.softmax(joint, dim=1)  # (V, C)
+            count = resp.sum(0)  # (C,)
             keep = count < min_share * z.shape[1]
-            new_mean = torch.einsum("cdv,cv->cd", weights, resp) / count.clamp_min(1e-12)[:, None]
-            dev = weights - new_mean[..., None]  # (C, D, V)
-            scatter = torch.einsum("cdv,cev,cv->cde", dev, dev, resp) / count.clamp_min(1e-12)[:, None, None]
-            new_cov = torch.cholesky_inverse(chol) + scatter  # posterior covariance + scatter, (C, D, D)
-            old_cov = torch.cholesky_inverse(factor.transpose(-1, -2))  # P^-1 = (R R^T)^-1, (C, D, D)
+            mean = self.mean.double()
+            new_mean = torch.einsum("vcd,vc->cd", weights, resp) / count.clamp_min(1e-12)[:, None]
+            dev = weights - new_mean  # (V, C, D)
+            scatter = torch.einsum("vcd,vce,vc->cde", dev, dev, resp) / count.clamp_min(1e-12)[:, None, None]
+            new_cov = torch.cholesky_inverse(chol[0]) + scatter  # posterior covariance + scatter, (C, D, D)
+            factor = self.factor().double()
+            old_cov = torch.cholesky_inverse(factor)  # P^-1 = (R R^T)^-1, R lower triangular, (C, D, D)
             new_mean = torch.where(keep[:, None], mean, new_mean)
             new_cov = torch.where(keep[:, None, None], old_cov, new_cov)
             mix = torch.where(keep, self.mix_logit.double().softmax(0), count / count.sum())

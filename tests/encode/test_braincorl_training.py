@@ -183,7 +183,8 @@ def test_checkpoint_round_trip_gives_identical_predictions(world, trained) -> No
 def test_untrained_fit_warns() -> None:
     rng = np.random.default_rng(0)
     with pytest.warns(UserWarning, match="UNTRAINED"):
-        _encoder().fit(rng.standard_normal((8, D)), rng.standard_normal((8, 3)))
+        encoder = _encoder().fit(rng.standard_normal((8, D)), rng.standard_normal((8, 3)))
+    assert encoder.status == "UNTRAINED" and encoder.weights_.shape == (D, 3)
 
 
 def test_episodes_are_disjoint_log_uniform_and_skip_zero_weight_voxels() -> None:

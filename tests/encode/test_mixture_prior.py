@@ -112,9 +112,13 @@ def test_em_leaves_an_empty_component_alone() -> None:
     d, k = 4, 10
     xc, z, _, _ = _two_cluster_voxels(500, k, d, 5)
     far = np.stack([np.zeros(d), np.full(d, 50.0)])
-    prior = _prior(far, np.stack([np.eye(d), 0.01 * np.eye(d)]), np.r_[0.999, 0.001], 0.3)
+    tight = 0.01 * (np.eye(d) + 0.3 * np.ones((d, d)))  # correlated, so a transposed factor would show
+    prior = _prior(far, np.stack([np.eye(d), tight]), np.r_[0.999, 0.001], 0.3)
     prior.adapt(torch.from_numpy(xc), torch.from_numpy(z), iters=3)
     np.testing.assert_allclose(prior.mean[1].detach().numpy(), far[1], rtol=1e-9)
+    with torch.no_grad():
+        factor = prior.factor()[1]
+        np.testing.assert_allclose(torch.linalg.inv(factor @ factor.T).numpy(), tight, atol=1e-12)
 
 
 def test_fit_mixture_and_its_errors() -> None:
