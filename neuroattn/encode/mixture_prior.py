@@ -79,7 +79,10 @@ class MixturePrior(nn.Module):
         p_mu = torch.einsum("cde,ce->cd", precision, mean)  # (C, D)
         rhs = xz[:, None] + p_mu  # (B, C, D)
         chol = torch.linalg.cholesky(gram[:, None] + precision)  # (G, C, D, D)
-        weights = torch.cholesky_solve(rhs[..., None], chol)[..., 0]  # (B, C, D)
+        if len(gram) == 1:  # one factorisation per component, every voxel a right-hand side
+            weights = torch.cholesky_solve(rhs.permute(1, 2, 0), chol[0]).permute(2, 0, 1)  # (B, C, D)
+        else:
+            weights = torch.cholesky_solve(rhs[..., None], chol)[..., 0]  # (B, C, D)
         log_det_a = 2.0 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (G, C)
         log_det_p = 2.0 * torch.diagonal(self.precision_factor, dim1=-2, dim2=-1).to(dtype).sum(-1)  # (C,)
         log_evidence = -0.5 * ((mean * p_mu).sum(-1) - (rhs * weights).sum(-1) + log_det_a - log_det_p)  # (B, C)
@@ -124,7 +127,8 @@ class MixturePrior(nn.Module):
             mean = self.mean.double()
             new_mean = torch.einsum("vcd,vc->cd", weights, resp) / count.clamp_min(1e-12)[:, None]
             dev = weights - new_mean  # (V, C, D)
-            scatter = torch.einsum("vcd,vce,vc->cde", dev, dev, resp) / count.clamp_min(1e-12)[:, None, None]
+            dev = (dev * resp.sqrt()[..., None]).permute(1, 0, 2)  # (C, V, D), rows weighted by sqrt(resp)
+            scatter = dev.transpose(1, 2) @ dev / count.clamp_min(1e-12)[:, None, None]
             new_cov = torch.cholesky_inverse(chol[0]) + scatter  # posterior covariance + scatter, (C, D, D)
             factor = self.factor().double()
             old_cov = torch.cholesky_inverse(factor)  # P^-1 = (R R^T)^-1, R lower triangular, (C, D, D)
