@@ -6,7 +6,8 @@ BraInCoRL given k of its training images in context, ridge fit on the same k ima
 them (k = 10 ... 500, several random draws). A Gaussian prior on voxel weights per ROI, learned from the
 other subjects' ridge weights (``neuroattn.encode.gaussian_prior``), reads the same support draws: what a
 prior from other subjects gives at small k, the reference for BraInCoRL's curve. When BraInCoRL's Bayes path
-adapts its prior to the new subject (EM over its voxels), its curve is also drawn without that step. Then
+adapts its prior to the new subject (EM over its voxels), its curve is also drawn without that step, and
+when its encoders are pooled over neighbouring voxels (``spatial_pooling``), without the pooling. Then
 LaVCa describes the held-out subject's voxels (ridge encoder, stimulus descriptions as captions, keyword
 composer), scored by Spearman against a top-image-caption baseline and a shuffled control, with the rate at
 which a planted concept voxel's sentence names its concept. Prints a table and writes JSON (``--out``).
@@ -52,21 +53,30 @@ def _targets(curve: list[dict[str, Any]], captions: dict[str, Any]) -> dict[str,
     }
 
 
-def curve_without_adaptation(run: Any, data: EncodingData, ks: list[int], seeds: int, progress: bool
-                             ) -> list[dict[str, Any]] | None:
-    """BraInCoRL's curve on the same support draws with its prior's EM over the new subject switched off.
+def ablation_curves(run: Any, data: EncodingData, ks: list[int], seeds: int, progress: bool
+                    ) -> dict[str, list[dict[str, Any]]]:
+    """BraInCoRL's curve on the same support draws with parts of its in-context fit switched off.
 
-    None when the run's model has no Bayes path or does not adapt it.
+    ``without_spatial_pooling``: the encoders straight from the model (prior EM kept), when the run pools;
+    ``without_prior_em``: also without its prior's EM over the new subject, when the model adapts it.
     """
-    hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
-    config = hyper.model_.config
-    if not config.prior_components or not config.prior_adapt_iters:
-        return None
-    config.prior_adapt_iters = 0
+    out = {}
     held = run.subject
-    rows = in_context_curve(hyper, data.features.values, held.train_ids, held.train_responses, held.test_ids,
-                            held.test_responses, ks, seeds, name="no_em", progress=progress)  # fmt: skip
-    return [{key: r[key] for key in ("k", "no_em_ev", "no_em_r")} for r in rows]
+
+    def curve(name: str) -> list[dict[str, Any]]:
+        hyper = InContextEncoder.load(run.encoder.info["meta_run"], device=run.settings.device, progress=False)
+        if name == "no_em":
+            hyper.model_.config.prior_adapt_iters = 0
+        rows = in_context_curve(hyper, data.features.values, held.train_ids, held.train_responses, held.test_ids,
+                                held.test_responses, ks, seeds, name=name, progress=progress)  # fmt: skip
+        return [{key: r[key] for key in ("k", f"{name}_ev", f"{name}_r")} for r in rows]
+
+    if run.settings.pooling() is not None:
+        out["without_spatial_pooling"] = curve("no_pooling")
+    config = InContextEncoder.load(run.encoder.info["meta_run"], device="cpu", progress=False).model_.config
+    if config.prior_components and config.prior_adapt_iters:
+        out["without_prior_em"] = curve("no_em")
+    return out
 
 
 def prior_curve(data: EncodingData, ks: list[int], seeds: int, progress: bool) -> dict[str, Any]:
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["simulate_s"] = round(time.perf_counter() - start, 1)
     base = load_pipeline_config(ROOT / "pipelines" / "encode" / "braincorl-small.yaml", EncodeSettings)
     base.meta_steps = args.meta_steps or base.meta_steps
+    base.meta_run = args.meta_run
     base.device, base.curve_seeds = args.device, args.seeds
     data = base.open_data(data_dir, progress=args.progress)
 
@@ -111,12 +122,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bc_metrics = evaluate_encoding_run(open_run(bc_run), work / "braincorl-eval", figures=True,
                                            progress=args.progress)
         timings["braincorl_curve_s"] = round(time.perf_counter() - start, 1)
-        bc_source = {"from": "this run", "device": args.device, "steps": base.meta_steps, "config": base.braincorl}
+        bc_source = {"from": "this run", "device": args.device, "steps": base.meta_steps, "config": base.braincorl,
+                     "meta_run": args.meta_run}
+        bc_source["spatial_pooling"] = base.spatial_pooling
         start = time.perf_counter()
-        no_em = curve_without_adaptation(open_run(bc_run), data, base.ks, args.seeds, args.progress)
-        if no_em is not None:
-            bc_source["curve_without_prior_em"] = no_em
-            timings["braincorl_curve_without_em_s"] = round(time.perf_counter() - start, 1)
+        for name, rows in ablation_curves(open_run(bc_run), data, base.ks, args.seeds, args.progress).items():
+            bc_source[f"curve_{name}"] = rows
+        timings["braincorl_ablation_curves_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
     prior = prior_curve(data, [row["k"] for row in bc_metrics["in_context_curve"]], args.seeds, args.progress)
@@ -157,11 +169,15 @@ def _print(result: dict[str, Any]) -> None:
     print(f"{'k':>5} | {'BraInCoRL EV':>12} | {'prior EV':>8} | {'ridge(k) EV':>11} | {'ridge(all) EV':>13} | "
           f"{'BraInCoRL r':>11} | {'ridge(k) r':>10}")
     prior = {row["k"]: row["prior_ev"] for row in result["gaussian_prior"]["curve"]}
-    no_em = {row["k"]: row["no_em_ev"] for row in result["braincorl"]["source"].get("curve_without_prior_em") or []}
+    source = result["braincorl"]["source"]
+    no_pool = {row["k"]: row["no_pooling_ev"] for row in source.get("curve_without_spatial_pooling") or []}
+    no_em = {row["k"]: row["no_em_ev"] for row in source.get("curve_without_prior_em") or []}
     for row in result["braincorl"]["curve"]:
-        print(f"{row['k']:>5} | {row['braincorl_ev']:>12.3f} | {prior.get(row['k'], float('nan')):>8.3f} | "
+        k = row["k"]
+        print(f"{k:>5} | {row['braincorl_ev']:>12.3f} | {prior.get(k, float('nan')):>8.3f} | "
               f"{row['ridge_ev']:>11.3f} | {row['ridge_full_ev']:>13.3f} | {row['braincorl_r']:>11.3f} | "
-              f"{row['ridge_r']:>10.3f}" + (f" | without prior EM {no_em[row['k']]:.3f}" if row["k"] in no_em else ""))
+              f"{row['ridge_r']:>10.3f}" + (f" | without pooling {no_pool[k]:.3f}" if k in no_pool else "")
+              + (f" | without pooling and prior EM {no_em[k]:.3f}" if k in no_em else ""))
     sp = result["lavca"]["spearman"]
     print(f"LaVCa Spearman {sp['lavca_mean']:.3f} | top-image caption {sp['baseline_mean']:.3f} | "
           f"shuffled {sp['shuffled_mean']:.3f}")
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="Reuse this data folder (default: simulate into --work).")
     parser.add_argument("--meta-steps", type=int, default=None,
                         help="BraInCoRL meta-training steps (default: pipelines/encode/braincorl-small.yaml's).")
+    parser.add_argument("--meta-run", default=None, help="Reuse this BraInCoRL meta-training run (RUN/meta) "
+                        "instead of meta-training here.")
     parser.add_argument("--seeds", type=int, default=3, help="Random support draws per k.")
     parser.add_argument("--braincorl-curve", default=None, help="Take BraInCoRL's curve from this JSON of "
                         "benchmarks/gpu_encoding.py (same data folder) instead of meta-training here.")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from neuroattn.encode.braincorl import MODEL_CLASS, BraInCoRL, BraInCoRLConfig, load_braincorl, support_stats
+from neuroattn.encode.spatial_pooling import SpatialPooling, VoxelLayout, pool_weights
 from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError
 from neuroattn.io.checkpoints import read_checkpoint_config
 from neuroattn.progress import progress_bar
@@ -249,6 +250,8 @@ class InContextEncoder:
     lr, warmup_steps, weight_decay, clip_grad_norm, amp : optimisation settings of meta-training.
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``, for meta-training and in-context fitting.
     voxel_batch : voxels per forward pass in :meth:`fit`.
+    pooling : spatial pooling of the fitted encoders (see :mod:`neuroattn.encode.spatial_pooling`), applied
+        when :meth:`fit` is given the voxels' layout; None never pools.
     seed : seed of the initial weights and of meta-training.
     progress : tqdm bars during meta-training and fitting.
     """
@@ -269,6 +272,7 @@ class InContextEncoder:
         amp: str = "auto",
         device: str = "auto",
         voxel_batch: int = 512,
+        pooling: SpatialPooling | None = None,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -277,7 +281,7 @@ class InContextEncoder:
         self.voxels_per_episode, self.episodes_per_step = voxels_per_episode, episodes_per_step
         self.lr, self.warmup_steps, self.weight_decay = lr, warmup_steps, weight_decay
         self.clip_grad_norm, self.amp, self.device = clip_grad_norm, amp, device
-        self.voxel_batch, self.seed, self.progress = voxel_batch, seed, progress
+        self.voxel_batch, self.pooling, self.seed, self.progress = voxel_batch, pooling, seed, progress
         self.trained = False  # True once meta-trained or loaded from a trained checkpoint
 
     @property
@@ -364,16 +368,20 @@ class InContextEncoder:
         return out
 
     # -- in-context fitting -------------------------------------------------------------------------------
-    def fit(self, embeddings: np.ndarray, responses: np.ndarray) -> InContextEncoder:
+    def fit(self, embeddings: np.ndarray, responses: np.ndarray, layout: VoxelLayout | None = None
+            ) -> InContextEncoder:
         """Build every voxel's linear encoder from k support pairs (no gradient step).
 
         With the Bayes path and ``prior_adapt_iters``, a copy of the model's prior first takes EM steps over these
         voxels (empirical Bayes from the same k images); ``prior_evidence_`` records the evidence it climbed.
+        Given the voxels' ``layout`` and a ``pooling`` setting, the encoders are then pooled over neighbouring
+        voxels with the kernel width and mix that cross-validation over the k images picks (``pooling_``).
 
         Parameters
         ----------
         embeddings : ``(k, D)`` support image embeddings.
         responses : ``(k, V)`` responses; NaN marks a pair missing for that voxel.
+        layout : where the V voxels sit (and their ROI groups), for spatial pooling.
         """
         x = np.asarray(embeddings, dtype=np.float32)
         y = np.asarray(responses, dtype=np.float32)
@@ -381,22 +389,40 @@ class InContextEncoder:
             raise InvalidInputError(f"embeddings {x.shape} and responses {y.shape} must be (k, D) and (k, V)", None)
         if not np.isfinite(x).all():
             raise InvalidInputError("embeddings contain NaN/inf", None)
+        if layout is not None and layout.n_voxels != y.shape[1]:
+            raise InvalidInputError(f"layout has {layout.n_voxels} voxels, responses {y.shape[1]}", None)
         if not self.trained:
             warnings.warn(
                 "BraInCoRL is UNTRAINED (random weights): its encoders are meaningless until meta_train() or load()",
                 UserWarning, stacklevel=2)  # fmt: skip
+        weights, bias = self._fit_unpooled(x, y)
+        self.pooling_: dict[str, Any] | None = None
+        if layout is not None and self.pooling is not None:
+            evidence, model = self.prior_evidence_, self.fitted_model_  # the full support set's, not a fold's
+            (sigma, mix), table = self.pooling.select(self._fit_unpooled, x, y, layout)
+            self.prior_evidence_, self.fitted_model_ = evidence, model
+            self.support_embeddings_, self.support_responses_ = x, y
+            weights, bias = pool_weights(weights, bias, x, y, layout, sigma, mix)
+            self.pooling_ = {"sigma_mm": sigma, "mix": mix, "folds": self.pooling.folds, "candidates": table}
+        self.weights_ = np.asarray(weights, dtype=np.float32)  # (D, V)
+        self.bias_ = np.asarray(bias, dtype=np.float32)  # (V,)
+        return self
+
+    def _fit_unpooled(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's encoders ``(weights (D, V), bias (V,))`` from support pairs ``x`` (k, D), ``y`` (k, V).
+
+        Sets ``fitted_model_`` (the model with its prior adapted to these voxels) and the stored support set.
+        """
         model = self._adapted_model(self._model(x.shape[1]).eval(), x, y)
         self.fitted_model_ = model
-        self.support_embeddings_, self.support_responses_ = x, y
+        self.support_embeddings_, self.support_responses_ = np.asarray(x, np.float32), np.asarray(y, np.float32)
         weights, bias = [], []
         chunks = range(0, y.shape[1], self.voxel_batch)
         for start in progress_bar(chunks, disable=not self.progress, desc="in-context fit", unit="chunk"):
-            w, b = self._run(model, y[:, start : start + self.voxel_batch], "forward")
+            w, b = self._run(model, self.support_responses_[:, start : start + self.voxel_batch], "forward")
             weights.append(w)
             bias.append(b)
-        self.weights_ = np.concatenate(weights, axis=0).T.copy()  # (D, V)
-        self.bias_ = np.concatenate(bias)  # (V,)
-        return self
+        return np.concatenate(weights, axis=0).T.copy(), np.concatenate(bias)
 
     def _adapted_model(self, model: BraInCoRL, x: np.ndarray, y: np.ndarray) -> BraInCoRL:
         """The model whose Bayes-path prior took ``prior_adapt_iters`` EM steps over this subject's voxels.
@@ -476,6 +502,7 @@ def in_context_curve(
     *,
     ridge: Callable[[], Any] | None = None,
     name: str = "braincorl",
+    layout: VoxelLayout | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Test accuracy of in-context encoders against ridge as the number of support images k grows.
@@ -490,6 +517,7 @@ def in_context_curve(
     train_responses, test_responses : ``(n, V)`` and ``(t, V)``.
     ridge : factory of the ridge encoder (default ``RidgeEncoder()``); ridge needs k >= 3, else NaN.
     name : prefix of the in-context encoder's columns (``braincorl``; ``prior`` for the Gaussian prior).
+    layout : the voxels' layout, passed to ``encoder.fit`` (spatial pooling) when given.
 
     Returns
     -------
@@ -519,7 +547,8 @@ def in_context_curve(
         ours, theirs = [], []
         for seed in range(seeds):
             pick = np.random.default_rng(seed).choice(n, size=k, replace=False)
-            ours.append(score(encoder.fit(x_train[pick], y_train[pick]).predict(x_test)))
+            fitted = encoder.fit(x_train[pick], y_train[pick], **({} if layout is None else {"layout": layout}))
+            ours.append(score(fitted.predict(x_test)))
             theirs.append(score(make_ridge().fit(x_train[pick], y_train[pick]).predict(x_test)) if k >= 3 else
                           (math.nan, math.nan))  # fmt: skip
         ours_a, theirs_a = np.array(ours), np.array(theirs)

@@ -167,15 +167,17 @@ def in_context_rows(run: EncodeRun, *, progress: bool = False) -> list[dict[str,
     from neuroattn.encode.braincorl_training import in_context_curve
 
     s, voxels = run.subject, run.encoder.voxels
+    layout = None
     if run.encoder.model == "prior":
         from neuroattn.encode.gaussian_prior import PriorEncoder, WeightPrior, roi_groups
 
         model: Any = PriorEncoder(WeightPrior.load(run.encoder.info["meta_run"]), roi_groups(s)[voxels])
     else:
         model = _hypernetwork(run)
+        model.pooling, layout = run.settings.pooling(), run.settings.layout(s, voxels)
     return in_context_curve(model, run.data.features.values, s.train_ids, s.train_responses[:, voxels], s.test_ids,
                             s.test_responses[:, voxels], ks=run.settings.ks, seeds=run.settings.curve_seeds,
-                            name=run.encoder.model, progress=progress)
+                            name=run.encoder.model, layout=layout, progress=progress)
 
 
 def support_attention_rows(run: EncodeRun, top: int = 5) -> list[dict[str, Any]]:

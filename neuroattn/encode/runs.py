@@ -18,6 +18,7 @@ import torch
 
 from neuroattn.decode.data_bundle import FeatureSource
 from neuroattn.encode.data import EncodingData, EncodingSubject, open_encoding_data
+from neuroattn.encode.spatial_pooling import SpatialPooling, VoxelLayout
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.io.checkpoints import load_checkpoint, save_checkpoint
@@ -44,6 +45,7 @@ class EncodeSettings:
     meta_steps: int = 1500  # BraInCoRL meta-training optimizer steps
     braincorl: dict[str, Any] = field(default_factory=dict)  # BraInCoRLConfig fields (dim, depth, heads, ...)
     meta_training: dict[str, Any] = field(default_factory=dict)  # InContextEncoder settings (k_min, k_max, lr, ...)
+    spatial_pooling: dict[str, Any] | None = None  # BraInCoRL: SpatialPooling fields (sigmas_mm, mixes, ...); null off
     lavca: dict[str, Any] = field(default_factory=dict)  # LavcaConfig fields (n_top, n_keywords, ...)
     captioner: str | None = None  # local image-captioning model folder (default: the stimuli's own descriptions)
     composer: str | None = None  # local language-model folder (default: the deterministic keyword composer)
@@ -60,6 +62,18 @@ class EncodeSettings:
             raise ConfigError(f"'model' must be one of {list(MODELS)}. {self.model!r} was provided.")
         if self.k is not None and self.k < 3:
             raise ConfigError(f"'k' must be >= 3 in-context images or null (all). {self.k!r} was provided.")
+
+    def pooling(self) -> SpatialPooling | None:
+        """The spatial pooling BraInCoRL's encoders get (None: off)."""
+        return None if self.spatial_pooling is None else SpatialPooling(**self.spatial_pooling, seed=self.seed)
+
+    def layout(self, subject: EncodingSubject, voxels: np.ndarray) -> VoxelLayout | None:
+        """Where ``voxels`` of ``subject`` sit, grouped by ROI when pooling stays within ROIs (None: no pooling)."""
+        pooling = self.pooling()
+        if pooling is None:
+            return None
+        groups = subject.roi[voxels] if pooling.within_rois else None
+        return VoxelLayout.from_affine(subject.voxel_ijk[voxels], subject.affine, groups)
 
     def feature_source(self) -> FeatureSource:
         return FeatureSource(clip_weights=self.clip_weights, clip_model=self.clip_model, seed=self.seed)
@@ -232,9 +246,10 @@ def fit_encoder(data: EncodingData, settings: EncodeSettings, out: str | Path, *
             meta_dir = out / "meta"
             hyper = meta_train_braincorl(data, settings, meta_subjects, meta_dir, progress=progress)
         rows = _support_rows(len(subject.train_ids), settings.k, settings.seed)
-        hyper.fit(x[subject.train_ids[rows]], y[rows])
+        hyper.pooling = settings.pooling()
+        hyper.fit(x[subject.train_ids[rows]], y[rows], layout=settings.layout(subject, voxels))
         info |= {"k": len(rows), "support_ids": subject.train_ids[rows].tolist(), "meta_run": str(meta_dir),
-                 "hypernetwork_trained": bool(hyper.trained)}
+                 "hypernetwork_trained": bool(hyper.trained), "spatial_pooling": hyper.pooling_}
         encoder = LinearEncoder(hyper.weights_, hyper.bias_, voxels, "braincorl",
                                 bool(hyper.trained and data.clip_trained), info)
     encoder.save(out / "encoder")

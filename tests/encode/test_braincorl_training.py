@@ -294,3 +294,32 @@ def test_fit_adapts_a_copy_of_the_prior_to_the_subject(world, bayes_trained) -> 
     expected = adapted(torch.from_numpy(x[train_ids[:15]]).expand(2, 15, D),
                        torch.from_numpy(np.ascontiguousarray(train_y[:15, :2].T)).float())[0]
     np.testing.assert_allclose(bayes_trained.weights_[:, :2].T, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fit_with_a_layout_pools_the_full_support_fit(world, bayes_trained) -> None:
+    """With a layout, fit returns the CV-chosen pooling of the very encoders an unpooled fit gives, and keeps the
+    full support set's adapted model for attention (not a fold's)."""
+    from neuroattn.encode.spatial_pooling import SpatialPooling, VoxelLayout, pool_weights
+
+    x, _, subjects = world
+    train_ids, train_y = subjects[-1][0], subjects[-1][1]
+    support_x, support_y = x[train_ids[:40]], train_y[:40]
+    n_vox = train_y.shape[1]
+    layout = VoxelLayout.from_affine(np.argwhere(np.ones((10, 10, 2), dtype=bool))[:n_vox], np.eye(4))
+    plain = _clone(bayes_trained).fit(support_x, support_y)
+    pooled = _clone(bayes_trained)
+    pooled.pooling = SpatialPooling(sigmas_mm=(0.0, 1.0, 2.0), mixes=(0.5, 1.0), folds=4)
+    pooled.fit(support_x, support_y, layout=layout)
+    choice = pooled.pooling_
+    assert len(choice["candidates"]) == 5 and {"sigma_mm", "mix"} <= set(choice)
+    best = min(choice["candidates"], key=lambda row: row["cv_error"])
+    assert (best["sigma_mm"], best["mix"]) == (choice["sigma_mm"], choice["mix"])
+    expected_w, expected_b = pool_weights(plain.weights_, plain.bias_, support_x, support_y, layout,
+                                          choice["sigma_mm"], choice["mix"])  # fmt: skip
+    np.testing.assert_allclose(pooled.weights_, expected_w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pooled.bias_, expected_b, rtol=1e-4, atol=1e-5)
+    assert pooled.prior_evidence_ == pytest.approx(plain.prior_evidence_)
+    assert pooled.support_embeddings_.shape == (40, D)
+    np.testing.assert_allclose(pooled.support_attention([0, 1]), plain.support_attention([0, 1]), rtol=1e-5)
+    with pytest.raises(InvalidInputError, match="layout"):
+        pooled.fit(support_x, support_y[:, :10], layout=layout)

@@ -118,6 +118,8 @@ def test_braincorl_run_meta_trains_on_the_other_subject_and_draws_the_curve(done
     run = open_run(done["braincorl"])
     assert run.encoder.info["k"] == 40 and run.encoder.info["hypernetwork_trained"] is True
     assert set(run.encoder.info["support_ids"]) <= set(run.subject.train_ids.tolist())
+    pooling = run.encoder.info["spatial_pooling"]  # tiny.yaml: no kernel or a 3 mm one, by 2-fold CV
+    assert (pooling["sigma_mm"], pooling["mix"]) in {(0.0, 0.0), (3.0, 1.0)} and len(pooling["candidates"]) == 2
     meta = json.loads((done["braincorl"] / "meta" / "final" / "config.json").read_text())
     assert meta["data_summary"]["n_subjects"] == 1  # subj01 only: the encoded subject is held out
     metrics = json.loads((done["eval-bc"] / "metrics.json").read_text())
