@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from neuroattn.decode.mindeye import Projector
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.nn.attention import MultiHeadAttention
 from neuroattn.nn.transformer import TransformerBlock
@@ -37,6 +38,7 @@ class BrainITConfig:
     mse_weight: float = 1.0  # token-wise mean squared error to the CLIP tokens
     cosine_weight: float = 1.0  # 1 - mean token cosine similarity
     contrastive_weight: float = 1.0  # SoftCLIP on the flattened tokens (the retrieval space)
+    projector_dim: int = 0  # >0: SoftCLIP on a MindEye-style projector of the tokens (this hidden width), 0: on them
     temperature: float = 0.05  # SoftCLIP temperature
     latent_weight: float = 1.0  # L1 to the VAE latents
 
@@ -47,6 +49,8 @@ class BrainITConfig:
                 raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
         if self.dim % self.heads:
             raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
+        if not isinstance(self.projector_dim, int) or self.projector_dim < 0:
+            raise ConfigError(f"'projector_dim' must be an integer >= 0. {self.projector_dim!r} was provided.")
         if self.latent_channels < 0:
             raise ConfigError(f"'latent_channels' must be >= 0. {self.latent_channels!r} was provided.")
         if self.latent_channels and self.latent_size % self.latent_grid:
@@ -85,6 +89,7 @@ class BrainITOutput:
 
     tokens: Tensor  # (B, n_tokens, clip_dim) semantic tokens in CLIP token space
     latents: Tensor | None  # (B, C, h, w) VAE latents, None without the low-level branch
+    retrieval: Tensor  # (B, n_tokens, clip_dim) what SoftCLIP matches to the CLIP tokens: projected tokens or tokens
 
 
 class SubjectVoxels(nn.Module):
@@ -165,6 +170,8 @@ class BrainIT(nn.Module):
         )
         self.norm = nn.LayerNorm(d)
         self.semantic_head = nn.Linear(d, config.clip_dim)
+        # retrieval head apart from the regression head, so SoftCLIP does not pull on the tokens reconstructions use
+        self.projector = Projector(config.clip_dim, config.projector_dim) if config.projector_dim else None
         self.latent_head = (
             nn.Linear(d, config.latent_channels * config.latent_patch**2) if config.latent_channels else None
         )
@@ -256,7 +263,8 @@ class BrainIT(nn.Module):
         return self.interact(self.cluster_tokens(subject, betas))
 
     def decode_outputs(self, feats: Tensor) -> BrainITOutput:
-        """Output query tokens ``(B, Q, dim)`` -> CLIP tokens ``(B, L, D)`` and VAE latents ``(B, C, h, w)``."""
+        """Output query tokens ``(B, Q, dim)`` -> CLIP tokens ``(B, L, D)``, VAE latents ``(B, C, h, w)`` and the
+        retrieval-space tokens ``(B, L, D)``."""
         cfg = self.config
         tokens = self.semantic_head(feats[:, : cfg.n_tokens])  # (B, L, D)
         latents = None
@@ -265,7 +273,8 @@ class BrainIT(nn.Module):
             patches = self.latent_head(feats[:, cfg.n_tokens :])  # (B, g*g, C*p*p)
             patches = patches.reshape(-1, g, g, c, p, p)  # (B, gy, gx, C, py, px)
             latents = patches.permute(0, 3, 1, 4, 2, 5).reshape(-1, c, g * p, g * p)  # (B, C, h, w)
-        return BrainITOutput(tokens=tokens, latents=latents)
+        retrieval = tokens if self.projector is None else self.projector(tokens)  # (B, L, D)
+        return BrainITOutput(tokens=tokens, latents=latents, retrieval=retrieval)
 
     def forward(self, subject: str, betas: Tensor) -> BrainITOutput:
         """``betas (B, V)`` of ``subject`` -> semantic tokens ``(B, L, D)`` and VAE latents ``(B, C, h, w)``."""

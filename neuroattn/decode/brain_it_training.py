@@ -98,14 +98,15 @@ class MultiSubjectTrials(Dataset):
 
 def brain_it_loss(
     tokens: Tensor, target: Tensor, config: BrainITConfig, latents: Tensor | None = None,
-    target_latents: Tensor | None = None,
+    target_latents: Tensor | None = None, retrieval: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of token MSE, ``1 - cosine``, SoftCLIP on the flattened tokens and latent L1.
+    """Weighted sum of token MSE, ``1 - cosine``, SoftCLIP on the flattened retrieval tokens and latent L1.
 
     Parameters
     ----------
     tokens, target : ``(B, L, D)`` predicted and CLIP tokens.
     latents, target_latents : ``(B', C, h, w)`` predicted and VAE latents of the trials that have them.
+    retrieval : ``(B, L, D)`` the projector's tokens SoftCLIP matches to ``target`` (default ``tokens``).
 
     Returns
     -------
@@ -114,7 +115,8 @@ def brain_it_loss(
     tokens, target = tokens.float(), target.float()
     mse = F.mse_loss(tokens, target)
     cosine = 1 - F.cosine_similarity(tokens, target, dim=-1).mean()
-    contrastive = soft_clip_loss(tokens, target, temperature=config.temperature)  # flattened + normalised inside
+    retrieval = tokens if retrieval is None else retrieval.float()
+    contrastive = soft_clip_loss(retrieval, target, temperature=config.temperature)  # flattened + normalised inside
     loss = config.mse_weight * mse + config.cosine_weight * cosine + config.contrastive_weight * contrastive
     metrics = {"mse": mse.detach(), "1-cos": cosine.detach(), "softclip": contrastive.detach()}
     if latents is not None and target_latents is not None and latents.shape[0]:
@@ -174,7 +176,8 @@ class BrainITTask:
         target = batch["tokens"][order]  # (B, L, D)
         has = batch["has_latents"][order]  # (B,)
         latents = None if out.latents is None else out.latents[has]
-        loss, metrics = brain_it_loss(out.tokens, target, self.model.config, latents, batch["latents"][order][has])
+        loss, metrics = brain_it_loss(out.tokens, target, self.model.config, latents, batch["latents"][order][has],
+                                      out.retrieval)
         yield "brain_it", loss, metrics
 
     def model_config(self) -> dict[str, Any]:
@@ -350,26 +353,29 @@ class BrainITDecoder:
     def n_voxels(self) -> int:
         return self.model.subjects[self.subject].n_voxels
 
-    def _run(self, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(tokens (B, L, D), latents (B, C, h, w) or None, retrieval tokens (B, L, D))`` float32."""
         arr = as_betas(betas, self.n_voxels)
-        tokens, latents = [], []
+        tokens, latents, retrieval = [], [], []
         starts = range(0, arr.shape[0], self.batch_size)
         with torch.no_grad():
             for start in progress_bar(starts, disable=not self.progress, desc="brain-it", unit="batch"):
                 x = torch.from_numpy(arr[start : start + self.batch_size]).to(self.device)
                 out = self.model(self.subject, x)
                 tokens.append(out.tokens.float().cpu().numpy())
+                retrieval.append(out.retrieval.float().cpu().numpy())
                 if out.latents is not None:
                     latents.append(out.latents.float().cpu().numpy())
-        return np.concatenate(tokens), (np.concatenate(latents) if latents else None)
+        return np.concatenate(tokens), (np.concatenate(latents) if latents else None), np.concatenate(retrieval)
 
     def predict_clip(self, betas: np.ndarray) -> np.ndarray:
         """Voxel responses ``(B, V)`` -> predicted CLIP tokens ``(B, L, D)`` float32."""
         return self._run(betas)[0]
 
     def brain_embeddings(self, betas: np.ndarray) -> np.ndarray:
-        """Voxel responses ``(B, V)`` -> ``(B, L*D)`` flattened predicted tokens, each row L2-normalised."""
-        tokens = self.predict_clip(betas)
+        """Voxel responses ``(B, V)`` -> ``(B, L*D)`` retrieval embeddings (the projector's tokens, or the predicted
+        tokens without one), flattened, each row L2-normalised."""
+        tokens = self._run(betas)[2]
         return normalize_rows(tokens.reshape(tokens.shape[0], -1))  # (B, L*D)
 
     def predict_latents(self, betas: np.ndarray) -> np.ndarray | None:

@@ -149,3 +149,32 @@ def test_no_latent_branch_and_bad_inputs() -> None:
         model.add_subject("c", torch.randn(3, cfg.embed_dim), torch.full((3,), cfg.n_clusters))
     shared = model.shared_parameters()
     assert shared and not any(name.startswith("subjects.") for name in shared)
+
+
+def test_projector_takes_softclip_and_leaves_the_regression_tokens_alone() -> None:
+    """With a projector, SoftCLIP reaches the tokens only through it: the token losses never touch the projector,
+    and the retrieval tokens are the projector applied to the regression tokens."""
+    from neuroattn.decode.brain_it_training import brain_it_loss
+
+    gen = torch.Generator().manual_seed(1)
+    cfg = _config(projector_dim=16, contrastive_weight=1.0, mse_weight=1.0, cosine_weight=1.0)
+    labels = torch.randint(0, cfg.n_clusters, (40,), generator=gen)
+    model = BrainIT(cfg, {"subj01": (torch.randn(40, cfg.embed_dim, generator=gen), labels)}).train()
+    out = model("subj01", torch.randn(4, 40, generator=gen))
+    torch.testing.assert_close(out.retrieval, model.projector(out.tokens), rtol=0, atol=0)
+    target = torch.randn(4, 5, 12, generator=gen)
+    token_only = BrainITConfig.from_dict(cfg.to_dict() | {"contrastive_weight": 0.0})
+    brain_it_loss(out.tokens, target, token_only, retrieval=out.retrieval)[0].backward(retain_graph=True)
+    assert all(p.grad is None or not p.grad.any() for p in model.projector.parameters())
+    model.zero_grad()
+    loss, metrics = brain_it_loss(out.tokens, target, cfg, retrieval=out.retrieval)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.any() for p in model.projector.parameters())
+    plain = brain_it_loss(out.tokens, target, cfg)[1]["softclip"]  # default: SoftCLIP on the tokens themselves
+    assert not torch.isclose(metrics["softclip"], plain)
+    no_projector = _model()
+    assert no_projector.projector is None
+    out = no_projector("subj01", torch.randn(2, 40))
+    assert out.retrieval is out.tokens
+    with pytest.raises(ConfigError, match="projector_dim"):
+        BrainITConfig.tiny(projector_dim=-1)

@@ -39,14 +39,17 @@ def test_initialise_round_trips_the_components() -> None:
         assert float(prior.noise) == pytest.approx(0.3, rel=1e-12)
 
 
+@pytest.mark.parametrize("shared", [False, True])  # own support set per voxel, or one set read by both
 @pytest.mark.parametrize("k", [4, 12])  # fewer and more support images than dimensions
-def test_posterior_equals_the_float64_reference(k: int) -> None:
+def test_posterior_equals_the_float64_reference(k: int, shared: bool) -> None:
     """Per-component posterior means, responsibilities from exact marginal likelihoods, and their mixture."""
     d, c, s2 = 6, 3, 0.4
     means, covs, weights = _random_prior(d, c, 1)
     prior = _prior(means, covs, weights, s2)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, k, d))
+    if shared:
+        x[1] = x[0]
     z = rng.standard_normal((2, k))
     got_w, got_r = prior.posterior(torch.from_numpy(x), torch.from_numpy(z))
     for b in range(2):
