@@ -97,10 +97,8 @@ class MixturePrior(nn.Module):
         dtype = torch.promote_types(centred.dtype, torch.float32)
         with torch.autocast(device_type=centred.device.type, enabled=False):
             x, z, s2 = centred.to(dtype), z.to(dtype), self.noise.to(dtype)
-            if bool((x == x[:1]).all()):  # every voxel read the same support set: one factorisation per component
-                gram = (x[0].T @ x[0])[None] / s2  # (1, D, D)
-            else:
-                gram = torch.einsum("bkd,bke->bde", x, x) / s2  # (B, D, D)
+            shared = bool((x == x[:1]).all())  # every voxel read the same support set: one factorisation per component
+            gram = (x[:1].mT @ x[:1] if shared else x.mT @ x) / s2  # (1 or B, D, D)
             weights, joint, _ = self._joint(gram, torch.einsum("bkd,bk->bd", x, z) / s2)
         return weights, torch.softmax(joint, dim=-1)
 
