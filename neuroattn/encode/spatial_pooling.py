@@ -81,14 +81,50 @@ def smooth_within_groups(values: np.ndarray, layout: VoxelLayout, sigma_mm: floa
     return out
 
 
-def _finite_parts(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mask (k, V) of finite responses, per-voxel means of embeddings (V, D) and responses (V,) over them, and
-    the responses centred with 0 where missing."""
-    mask = np.isfinite(y)
-    count = np.maximum(mask.sum(axis=0), 1)  # (V,)
-    x_mean = (mask.T.astype(np.float64) @ x) / count[:, None]  # (V, D)
-    y_mean = np.where(mask, y, 0.0).sum(axis=0) / count
-    return mask, x_mean, y_mean, np.where(mask, y - y_mean, 0.0)
+class _Pooler:
+    """One set of unpooled encoders and their support set, pooled at any kernel width and mix.
+
+    Directions, reliabilities and the support statistics are computed once; each width's neighbour average once.
+    """
+
+    def __init__(self, weights: np.ndarray, bias: np.ndarray, embeddings: np.ndarray, responses: np.ndarray,
+                 layout: VoxelLayout) -> None:
+        self.weights, self.bias = np.asarray(weights, dtype=np.float64), np.asarray(bias, dtype=np.float64)
+        self.x, self.layout = np.asarray(embeddings, dtype=np.float64), layout
+        y = np.asarray(responses, dtype=np.float64)
+        w = self.weights.T  # (V, D)
+        norm = np.linalg.norm(w, axis=1)
+        self.directions = np.divide(w, norm[:, None], out=np.zeros_like(w), where=norm[:, None] > 0)  # (V, D)
+        self.mask = np.isfinite(y)  # (k, V)
+        count = np.maximum(self.mask.sum(axis=0), 1)  # (V,)
+        self.x_mean = (self.mask.T.astype(np.float64) @ self.x) / count[:, None]  # (V, D) over each voxel's pairs
+        self.y_mean = np.where(self.mask, y, 0.0).sum(axis=0) / count  # (V,)
+        self.y_centred = np.where(self.mask, y - self.y_mean, 0.0)  # (k, V), 0 where missing
+        sd = np.sqrt((self.y_centred**2).sum(axis=0) / count)  # (V,) support response sd
+        self.reliability = np.divide(norm, sd, out=np.zeros(len(w)), where=sd > 0) ** 2  # (V,)
+        self._neighbours: dict[float, np.ndarray] = {}
+
+    def neighbours(self, sigma_mm: float) -> np.ndarray:
+        """Reliability-weighted mean direction of each voxel's neighbours in its group, ``(V, D)``."""
+        if sigma_mm not in self._neighbours:
+            r = self.reliability[:, None]
+            both = smooth_within_groups(np.concatenate([self.directions * r, r], axis=1), self.layout, sigma_mm)
+            total = both[:, -1:]  # (V, 1) summed reliability
+            self._neighbours[sigma_mm] = np.divide(both[:, :-1], total, out=self.directions.copy(), where=total > 0)
+        return self._neighbours[sigma_mm]
+
+    def pooled(self, sigma_mm: float, mix: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(weights (D, V), bias (V,))`` pooled at one kernel width and mix (unchanged at 0 for either)."""
+        if not 0.0 <= mix <= 1.0:
+            raise ConfigError(f"'mix' must be in [0, 1]. {mix!r} was provided.")
+        if sigma_mm <= 0 or mix == 0:
+            return self.weights, self.bias
+        pooled = (1.0 - mix) * self.directions + mix * self.neighbours(sigma_mm)  # (V, D)
+        pred = np.where(self.mask, self.x @ pooled.T - (self.x_mean * pooled).sum(axis=1), 0.0)  # (k, V), centred
+        denom = (pred**2).sum(axis=0)
+        gain = np.divide((pred * self.y_centred).sum(axis=0), denom, out=np.zeros(len(denom)), where=denom > 0)
+        out = pooled * gain[:, None]  # (V, D)
+        return out.T, self.y_mean - (self.x_mean * out).sum(axis=1)
 
 
 def pool_weights(weights: np.ndarray, bias: np.ndarray, embeddings: np.ndarray, responses: np.ndarray,
@@ -97,34 +133,12 @@ def pool_weights(weights: np.ndarray, bias: np.ndarray, embeddings: np.ndarray, 
 
     Each voxel's direction becomes ``(1 - mix) d_v + mix * mean of neighbours' d``, the mean weighting each
     neighbour by its reliability, the squared norm of its weights in units of its support response sd (the
-    Bayes path shrinks noisy voxels' weights towards 0, so their directions count less); its gain is the least-squares
-    scale of that direction's predictions to its centred support ``responses`` (k, V) (NaN = missing), and its
-    bias makes the prediction at its support images' mean embedding equal their mean response. ``sigma_mm`` or
-    ``mix`` 0 returns the encoders unchanged. Returns ``(weights (D, V), bias (V,))``.
+    Bayes path shrinks noisy voxels' weights towards 0, so their directions count less); its gain is the
+    least-squares scale of that direction's predictions to its centred support ``responses`` (k, V) (NaN =
+    missing), and its bias makes the prediction at its support images' mean embedding equal their mean response.
+    ``sigma_mm`` or ``mix`` 0 returns the encoders unchanged. Returns ``(weights (D, V), bias (V,))``.
     """
-    if not 0.0 <= mix <= 1.0:
-        raise ConfigError(f"'mix' must be in [0, 1]. {mix!r} was provided.")
-    if sigma_mm <= 0 or mix == 0:
-        return np.asarray(weights, dtype=np.float64), np.asarray(bias, dtype=np.float64)
-    x = np.asarray(embeddings, dtype=np.float64)
-    y = np.asarray(responses, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64).T  # (V, D)
-    norm = np.linalg.norm(w, axis=1, keepdims=True)
-    directions = np.divide(w, norm, out=np.zeros_like(w), where=norm > 0)
-    mask, x_mean, y_mean, y_centred = _finite_parts(x, y)
-    sd = np.sqrt((y_centred**2).sum(axis=0) / np.maximum(mask.sum(axis=0), 1))  # (V,) support response sd
-    reliability = np.divide(norm[:, 0], sd, out=np.zeros(len(w)), where=sd > 0) ** 2  # (V,)
-    both = smooth_within_groups(np.concatenate([directions * reliability[:, None], reliability[:, None]], axis=1),
-                                layout, sigma_mm)  # (V, D + 1): reliability-weighted directions, then weights
-    total = both[:, -1:]
-    neighbours = np.divide(both[:, :-1], total, out=directions.copy(), where=total > 0)
-    pooled = (1.0 - mix) * directions + mix * neighbours  # (V, D)
-    pred = x @ pooled.T - (x_mean * pooled).sum(axis=1)  # (k, V) centred predictions per voxel
-    pred = np.where(mask, pred, 0.0)
-    denom = (pred**2).sum(axis=0)
-    gain = np.divide((pred * y_centred).sum(axis=0), denom, out=np.zeros(len(w)), where=denom > 0)
-    out = pooled * gain[:, None]  # (V, D)
-    return out.T, y_mean - (x_mean * out).sum(axis=1)
+    return _Pooler(weights, bias, embeddings, responses, layout).pooled(sigma_mm, mix)
 
 
 @dataclass
@@ -168,9 +182,9 @@ class SpatialPooling:
         sse = np.zeros(len(self.candidates))
         for held in np.array_split(order, folds):
             train = np.setdiff1d(order, held)
-            w, b = fit(x[train], y[train])
+            pooler = _Pooler(*fit(x[train], y[train]), x[train], y[train], layout)
             for c, (sigma, mix) in enumerate(self.candidates):
-                pw, pb = pool_weights(w, b, x[train], y[train], layout, sigma, mix)
+                pw, pb = pooler.pooled(sigma, mix)
                 err = (x[held] @ pw + pb - y[held]) ** 2 / scale  # (k_held, V)
                 sse[c] += float(np.nansum(err))
         table = [{"sigma_mm": s, "mix": m, "cv_error": float(e / np.isfinite(y).sum())}
