@@ -523,7 +523,8 @@ def in_context_curve(
     -------
     One dict per k: ``k``, ``seeds``, ``{name}_r``, ``{name}_r_sd`` (over seeds), ``{name}_ev``,
     ``ridge_r``, ``ridge_ev``, ``ridge_full_r``, ``ridge_full_ev`` (means over voxels, then seeds),
-    ``n_train`` and ``{name}_status`` ("trained" or "UNTRAINED").
+    ``n_train``, ``{name}_status`` ("trained" or "UNTRAINED") and, when the encoder pooled spatially,
+    ``{name}_pooling``: the kernel width x mix it chose per seed.
     """
     from neuroattn.encode.metrics import explained_variance, voxelwise_pearson
     from neuroattn.encode.ridge_encoder import RidgeEncoder
@@ -544,11 +545,14 @@ def in_context_curve(
     n = len(x_train)
     rows = []
     for k in progress_bar(sorted({min(int(k), n) for k in ks}), disable=not progress, desc="k", unit="k"):
-        ours, theirs = [], []
+        ours, theirs, pooling = [], [], []
         for seed in range(seeds):
             pick = np.random.default_rng(seed).choice(n, size=k, replace=False)
             fitted = encoder.fit(x_train[pick], y_train[pick], **({} if layout is None else {"layout": layout}))
             ours.append(score(fitted.predict(x_test)))
+            chosen = getattr(fitted, "pooling_", None)
+            if chosen:
+                pooling.append(f"{chosen['sigma_mm']:g}mm x {chosen['mix']:g}")
             theirs.append(score(make_ridge().fit(x_train[pick], y_train[pick]).predict(x_test)) if k >= 3 else
                           (math.nan, math.nan))  # fmt: skip
         ours_a, theirs_a = np.array(ours), np.array(theirs)
@@ -558,5 +562,5 @@ def in_context_curve(
             f"{name}_ev": float(ours_a[:, 1].mean()),
             "ridge_r": float(theirs_a[:, 0].mean()), "ridge_ev": float(theirs_a[:, 1].mean()),
             "ridge_full_r": full_r, "ridge_full_ev": full_ev, "n_train": n, f"{name}_status": encoder.status,
-        })  # fmt: skip
+        } | ({f"{name}_pooling": "; ".join(pooling)} if pooling else {}))  # fmt: skip
     return rows

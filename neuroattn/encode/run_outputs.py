@@ -271,6 +271,9 @@ def evaluate_encoding_run(run: EncodeRun, out: str | Path, *, curve: bool = True
         if figures:
             plot_voxel_map(voxel_volume(run.subject, full_map(run, values)), out / f"{name}_map.png",
                            f"{run.encoder.model} {name} (test){label}", mni=_is_mni(run))
+    pooling = run.encoder.info.get("spatial_pooling")
+    if pooling:  # BraInCoRL's spatial pooling of this run's encoders, as cross-validation chose it
+        metrics["spatial_pooling"] = {key: pooling[key] for key in ("sigma_mm", "mix", "folds")}
     if curve and run.encoder.model in IN_CONTEXT_MODELS:
         rows = in_context_rows(run, progress=progress)
         metrics["in_context_curve"] = rows

@@ -129,6 +129,8 @@ def test_braincorl_run_meta_trains_on_the_other_subject_and_draws_the_curve(done
                for row in metrics["in_context_curve"])
     assert metrics["untrained"] == ["CLIP features (tiny random CLIP)"]
     assert len(_read_csv(done["eval-bc"] / "in_context_curve.csv")) == 3
+    assert metrics["spatial_pooling"] == {key: pooling[key] for key in ("sigma_mm", "mix", "folds")}
+    assert all(row["braincorl_pooling"] in ("0mm x 0", "3mm x 1") for row in metrics["in_context_curve"])
     attention = _read_csv(done["eval-bc"] / "support_attention.csv")
     assert len(attention) == 5 * len(run.encoder.voxels)
     assert {int(r["image_id"]) for r in attention} <= set(run.encoder.info["support_ids"])
