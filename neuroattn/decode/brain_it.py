@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from neuroattn.decode.mindeye import Projector
 from neuroattn.errors import ConfigError, InvalidInputError
@@ -28,6 +29,7 @@ class BrainITConfig:
     depth: int = 6  # interaction layers: cluster self-attention + output-query self/cross-attention
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    voxel_dropout: float = 0.0  # share of voxel activations zeroed (rest rescaled) in training, as MindEye's input
     n_tokens: int = 256  # localized semantic output tokens (published: 256 OpenCLIP tokens)
     clip_dim: int = 1280  # width of each target CLIP token (OpenCLIP ViT-bigG/14 joint space)
     latent_channels: int = 4  # VAE latent channels of the low-level branch; 0 disables it
@@ -56,6 +58,8 @@ class BrainITConfig:
         if self.latent_channels and self.latent_size % self.latent_grid:
             raise ConfigError(f"'latent_size' ({self.latent_size}) must be a multiple of 'latent_grid' "
                               f"({self.latent_grid})")
+        if not 0.0 <= self.voxel_dropout < 1.0:
+            raise ConfigError(f"'voxel_dropout' must be in [0, 1). {self.voxel_dropout!r} was provided.")
         if not self.temperature > 0:
             raise ConfigError(f"'temperature' must be > 0. {self.temperature!r} was provided.")
 
@@ -220,6 +224,7 @@ class BrainIT(nn.Module):
         padding to the largest cluster.
         """
         voxels = self._subject(subject, betas)
+        betas = F.dropout(betas, self.config.voxel_dropout, self.training)  # (B, V), identity in eval
         pool, k = self.pool, self.config.n_clusters
         b, h, hd = betas.shape[0], pool.heads, pool.head_dim
         label = voxels.cluster  # (V,)

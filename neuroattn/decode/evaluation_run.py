@@ -1,5 +1,7 @@
 """Evaluate a trained decoding run on its subject's test images: retrieval, identification and reconstructions.
 
+Retrieval among training images is reported beside it, so the gap between fit and generalisation is visible.
+
 Reconstruction scores come with two references computed on the same images: the mean training image
 (a decoder that knows nothing of the trial) and the low-level path's own images before diffusion.
 """
@@ -20,6 +22,21 @@ def mean_image_baseline(train_images: np.ndarray, seen: np.ndarray) -> dict[str,
     return {"pixcorr_mean_image_baseline": pixcorr(mean, seen), "ssim_mean_image_baseline": ssim(mean, seen)}
 
 
+def train_retrieval(decoder: Any, betas: np.ndarray, image_ids: np.ndarray, features: Any, *, pool_size: int = 300,
+                    seed: int = 0) -> dict[str, float]:
+    """Top-1 among ``pool_size`` repeat-averaged TRAINING images, both ways (``*_train``).
+
+    Beside the test numbers it shows how much of what the decoder fits on its training images carries over.
+    """
+    from neuroattn.decode.clip_features import retrieval_targets
+    from neuroattn.decode.metrics import top1_among
+
+    pick = np.sort(np.random.default_rng(seed).permutation(len(image_ids))[:pool_size])
+    among = top1_among(decoder.brain_embeddings(betas[pick]), retrieval_targets(features.subset(image_ids[pick])),
+                       pool_size=pool_size, seed=seed)  # fmt: skip
+    return {"top1_brain_to_image_train": among["brain_to_image"], "top1_image_to_brain_train": among["image_to_brain"]}
+
+
 def evaluate_run(checkpoint: str | Path, out: str | Path, *, data: str | Path | None = None,
                  subject: str | None = None, unclip: str | Path | None = None, reconstruct: bool = True,
                  recon_limit: int = 50, steps: int = 20, strength: float = 0.85, seed: int = 0,
@@ -33,7 +50,7 @@ def evaluate_run(checkpoint: str | Path, out: str | Path, *, data: str | Path | 
     bundle, subject, decoder = open_run(checkpoint, data, subject, progress=progress)
     subject_data = bundle.subject(subject)
     betas, ids = subject_data.averaged(test=True)
-    extra: dict[str, float] = {}
+    extra: dict[str, float] = train_retrieval(decoder, *subject_data.averaged(test=False), bundle.features, seed=seed)
     recon, recon_trained = None, None
     out = Path(out)
     if reconstruct:

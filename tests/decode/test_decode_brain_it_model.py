@@ -178,3 +178,21 @@ def test_projector_takes_softclip_and_leaves_the_regression_tokens_alone() -> No
     assert out.retrieval is out.tokens
     with pytest.raises(ConfigError, match="projector_dim"):
         BrainITConfig.tiny(projector_dim=-1)
+
+
+def test_voxel_dropout_only_acts_in_training() -> None:
+    model = _model()
+    dropped = BrainIT(_config(voxel_dropout=0.5), {"subj01": (model.subjects["subj01"].embedding.detach(),
+                                                              model.subjects["subj01"].cluster)})
+    dropped.load_state_dict(model.state_dict())
+    betas = torch.randn(3, 40)
+    torch.testing.assert_close(dropped.eval()("subj01", betas).tokens, model.eval()("subj01", betas).tokens)
+    dropped.train()
+    torch.manual_seed(0)
+    noisy = dropped.cluster_tokens("subj01", betas)
+    torch.manual_seed(0)
+    zeroed = torch.nn.functional.dropout(betas, 0.5, True)  # the same draw: those voxels count as silent
+    torch.testing.assert_close(noisy, model.train().cluster_tokens("subj01", zeroed))
+    assert not torch.allclose(noisy, model.cluster_tokens("subj01", betas))
+    with pytest.raises(ConfigError, match="voxel_dropout"):
+        BrainITConfig.tiny(voxel_dropout=1.0)
