@@ -50,9 +50,14 @@ class SubjectData:
         keep = self.is_test == bool(test)
         return self.betas[keep], self.image_ids[keep]
 
-    def averaged(self, test: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Repeat-averaged betas (n_images, V) of one split and their image ids (n_images,), ids sorted."""
+    def averaged(self, test: bool, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Repeat-averaged betas (n_images, V) of one split and their image ids (n_images,), ids sorted.
+
+        ``keep`` (bool, one per trial of the split) averages only those trials.
+        """
         betas, ids = self.trials(test)
+        if keep is not None:
+            betas, ids = betas[keep], ids[keep]
         unique, inverse = np.unique(ids, return_inverse=True)
         sums = np.zeros((len(unique), betas.shape[1]), dtype=np.float64)
         np.add.at(sums, inverse, betas)

@@ -24,7 +24,7 @@ def mean_image_baseline(train_images: np.ndarray, seen: np.ndarray) -> dict[str,
 
 def train_retrieval(decoder: Any, betas: np.ndarray, image_ids: np.ndarray, features: Any, *, pool_size: int = 300,
                     seed: int = 0) -> dict[str, float]:
-    """Top-1 among ``pool_size`` repeat-averaged TRAINING images, both ways (``*_train``).
+    """Top-1 among ``pool_size`` of the images a decoder was trained on, both ways (``*_train``).
 
     Beside the test numbers it shows how much of what the decoder fits on its training images carries over.
     """
@@ -45,12 +45,12 @@ def evaluate_run(checkpoint: str | Path, out: str | Path, *, data: str | Path | 
     from neuroattn.decode.evaluate import evaluate_decoder
     from neuroattn.decode.pipeline import load_reconstructor, reconstruct_images
     from neuroattn.decode.reconstruct import save_pngs
-    from neuroattn.decode.runs import open_run
+    from neuroattn.decode.runs import open_run, trained_images
 
     bundle, subject, decoder = open_run(checkpoint, data, subject, progress=progress)
     subject_data = bundle.subject(subject)
     betas, ids = subject_data.averaged(test=True)
-    extra: dict[str, float] = train_retrieval(decoder, *subject_data.averaged(test=False), bundle.features, seed=seed)
+    extra = train_retrieval(decoder, *trained_images(checkpoint, subject_data), bundle.features, seed=seed)
     recon, recon_trained = None, None
     out = Path(out)
     if reconstruct:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from neuroattn.data.nsd import SubjectData
 from neuroattn.decode.base import BrainDecoder
 from neuroattn.decode.data_bundle import DecodingData, FeatureSource, generator_autoencoder, image_latents
 from neuroattn.errors import ConfigError, InvalidInputError
@@ -245,6 +246,21 @@ def load_decoder(run_dir: str | Path, subject: str | None = None, *, device: str
     from neuroattn.decode.ridge import RidgeDecoder
 
     return RidgeDecoder.load(run_dir)
+
+
+def trained_images(run_dir: str | Path, subject: SubjectData) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat-averaged responses ``(n, V)`` to the images the run trained ``subject`` on, and their ids ``(n,)``.
+
+    A subject the run itself trained used ``train_fraction`` of its images; a base subject of an adapted run
+    used all of them.
+    """
+    info = read_run_info(run_dir)
+    if subject.subject not in info.get("subjects", []):
+        return subject.averaged(test=False)
+    settings = info["settings"]
+    _, ids = subject.trials(test=False)
+    keep = select_fraction(ids, float(settings.get("train_fraction", 1.0)), int(settings.get("seed", 0)))
+    return subject.averaged(test=False, keep=keep)
 
 
 def open_run(run_dir: str | Path, data: str | Path | None = None, subject: str | None = None, *,

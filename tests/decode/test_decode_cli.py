@@ -306,3 +306,22 @@ def test_decoder_configs_build_their_models(name: str) -> None:
         config = BrainITConfig.from_dict(base.to_dict() | shape | settings.model_config)
         assert config.n_clusters == (128 if published else 32) and config.depth == (6 if published else 2)
         assert config.n_clusters * config.embed_dim >= 1024  # what cluster tokens carry (see brain-it-small.yaml)
+
+
+def test_trained_images_follow_the_runs_train_fraction(done: dict[str, Path]) -> None:
+    """The adapted run trained subj02 on half its images (seeded): training-image retrieval reads exactly those;
+    subj01, a base subject of that run, used all of its images."""
+    from neuroattn.decode.runs import select_fraction, trained_images
+
+    subj02 = load_subject(done["data"], "subj02")
+    betas, ids = trained_images(done["brain-it-2"], subj02)
+    trials, trial_ids = subj02.trials(test=False)
+    expected = np.unique(trial_ids[select_fraction(trial_ids, 0.5, 0)])
+    np.testing.assert_array_equal(ids, expected)
+    assert 0 < len(ids) < len(np.unique(trial_ids))
+    first = trials[trial_ids == ids[0]].mean(axis=0)
+    np.testing.assert_allclose(betas[0], first, rtol=1e-5, atol=1e-6)
+    _, all_ids = trained_images(done["brain-it-2"], load_subject(done["data"], "subj01"))
+    np.testing.assert_array_equal(all_ids, np.unique(load_subject(done["data"], "subj01").trials(test=False)[1]))
+    metrics = json.loads((done["eval-brain-it-2"] / "metrics.json").read_text())["metrics"]
+    assert {"top1_brain_to_image_train", "top1_image_to_brain_train"} <= set(metrics)
