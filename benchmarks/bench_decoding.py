@@ -144,12 +144,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(result: dict[str, Any]) -> None:
-    cols = ("top1_brain_to_image", "top1_image_to_brain", "two_way_clip_predicted", "pixcorr", "ssim",
-            "pixcorr_mean_image_baseline", "ssim_mean_image_baseline")
-    print(f"{'decoder':18s}" + "".join(f"{c[:14]:>16s}" for c in cols) + f"{'samples/s':>12s}")
+    cols = {"top1_brain_to_image": "top1 b->i", "top1_image_to_brain": "top1 i->b",
+            "top1_brain_to_image_train": "train b->i", "top1_image_to_brain_train": "train i->b",
+            "two_way_clip_predicted": "2-way CLIP", "pixcorr": "PixCorr", "ssim": "SSIM",
+            "pixcorr_mean_image_baseline": "PixCorr mean", "ssim_mean_image_baseline": "SSIM mean"}
+    print(f"{'decoder':18s}" + "".join(f"{label:>14s}" for label in cols.values()) + f"{'samples/s':>12s}")
     for name, r in result["results"].items():
         vals = [r["metrics"].get(c) for c in cols]
-        print(f"{name:18s}" + "".join(f"{'' if v is None else f'{v:.3f}':>16s}" for v in vals)
+        print(f"{name:18s}" + "".join(f"{'' if v is None else f'{v:.3f}':>14s}" for v in vals)
               + f"{r['train_samples_per_s'] or '':>12}")
     for name, ok in result["targets"].items():
         print(f"[target] {name}: {'met' if ok else 'MISSED'}")
