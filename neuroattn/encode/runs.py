@@ -9,7 +9,7 @@ BraInCoRL runs also hold ``meta/``, the meta-trained hypernetwork (shared traine
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,13 @@ class EncodeSettings:
 
     def pooling(self) -> SpatialPooling | None:
         """The spatial pooling BraInCoRL's encoders get (None: off)."""
-        return None if self.spatial_pooling is None else SpatialPooling(**self.spatial_pooling, seed=self.seed)
+        if self.spatial_pooling is None:
+            return None
+        known = {f.name for f in fields(SpatialPooling) if f.init}
+        unknown = sorted(set(self.spatial_pooling) - known)
+        if unknown:
+            raise ConfigError(f"unknown 'spatial_pooling' keys {unknown}; known: {sorted(known)}")
+        return SpatialPooling(**({"seed": self.seed} | self.spatial_pooling))
 
     def layout(self, subject: EncodingSubject, voxels: np.ndarray) -> VoxelLayout | None:
         """Where ``voxels`` of ``subject`` sit, grouped by ROI when pooling stays within ROIs (None: no pooling)."""

@@ -145,3 +145,15 @@ def test_smoothing_matches_scipy_on_a_full_grid() -> None:
     plain = ndi.gaussian_filter(grid, 1.0, mode="constant", truncate=TRUNCATE)
     ours = smooth_within_groups(values, layout, VOXEL_MM)[:, 0].reshape(12, 12, 12)
     np.testing.assert_allclose(ours[4:8, 4:8, 4:8], plain[4:8, 4:8, 4:8], rtol=1e-10)
+
+
+def test_encode_settings_build_the_pooling_and_name_unknown_keys() -> None:
+    from neuroattn.encode.runs import EncodeSettings
+
+    settings = EncodeSettings(model="braincorl", spatial_pooling={"sigmas_mm": [0, 3], "folds": 3}, seed=4)
+    pooling = settings.pooling()
+    assert pooling is not None and (pooling.folds, pooling.seed) == (3, 4)
+    assert pooling.candidates == [(0.0, 0.0), (3.0, 0.5), (3.0, 0.75), (3.0, 1.0)]
+    assert EncodeSettings(model="braincorl").pooling() is None
+    with pytest.raises(ConfigError, match="sigma_mm"):
+        EncodeSettings(model="braincorl", spatial_pooling={"sigma_mm": 3}).pooling()
