@@ -9,11 +9,15 @@ Reconstruction scores come with two references computed on the same images: the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neuroattn.decode.metrics import pixcorr, ssim
+
+if TYPE_CHECKING:
+    from neuroattn.decode.base import BrainDecoder
+    from neuroattn.decode.clip_features import ImageFeatures
 
 
 def mean_image_baseline(train_images: np.ndarray, seen: np.ndarray) -> dict[str, float]:
@@ -22,8 +26,8 @@ def mean_image_baseline(train_images: np.ndarray, seen: np.ndarray) -> dict[str,
     return {"pixcorr_mean_image_baseline": pixcorr(mean, seen), "ssim_mean_image_baseline": ssim(mean, seen)}
 
 
-def train_retrieval(decoder: Any, betas: np.ndarray, image_ids: np.ndarray, features: Any, *, pool_size: int = 300,
-                    seed: int = 0) -> dict[str, float]:
+def train_retrieval(decoder: BrainDecoder, betas: np.ndarray, image_ids: np.ndarray, features: ImageFeatures, *,
+                    pool_size: int = 300, seed: int = 0) -> dict[str, float]:
     """Top-1 among ``pool_size`` of the images a decoder was trained on, both ways (``*_train``).
 
     Beside the test numbers it shows how much of what the decoder fits on its training images carries over.
