@@ -2,9 +2,9 @@
 
 Neighbouring voxels of visual cortex share tuning (what they respond to) far more than gain (how strongly): gain
 follows vascular and partial-volume factors that change from voxel to voxel. With few images each voxel's
-weights are noisy, so the unit direction of its weights is replaced by a mix with the Gaussian-weighted average
-direction of its neighbours, never across a group (ROI) boundary, and its gain is refit by least squares on the
-support images. The kernel width and the mix are chosen by cross-validation over those same support images.
+weights are noisy, so the unit direction of its weights is replaced by a mix with the average direction of its
+neighbours (Gaussian in distance, weighted by each neighbour's reliability), never across a group (ROI) boundary,
+and its gain is refit by least squares on the support images. The kernel width and the mix are chosen by cross-validation over those same support images.
 """
 
 from __future__ import annotations
