@@ -4,7 +4,8 @@ Neighbouring voxels of visual cortex share tuning (what they respond to) far mor
 follows vascular and partial-volume factors that change from voxel to voxel. With few images each voxel's
 weights are noisy, so the unit direction of its weights is replaced by a mix with the average direction of its
 neighbours (Gaussian in distance, weighted by each neighbour's reliability), never across a group (ROI) boundary,
-and its gain is refit by least squares on the support images. The kernel width and the mix are chosen by cross-validation over those same support images.
+and its gain is refit by least squares on the support images. The kernel width and the mix are chosen by
+cross-validation over those same support images.
 """
 
 from __future__ import annotations
