@@ -41,7 +41,10 @@ class BrainITConfig:
     cosine_weight: float = 1.0  # 1 - mean token cosine similarity
     contrastive_weight: float = 1.0  # SoftCLIP on the flattened tokens (the retrieval space)
     projector_dim: int = 0  # >0: SoftCLIP on a MindEye-style projector of the tokens (this hidden width), 0: on them
-    temperature: float = 0.05  # SoftCLIP temperature
+    temperature: float = 0.05  # SoftCLIP temperature (BiMixCo's too)
+    mixup_fraction: float = 0.0  # leading share of steps trained with BiMixCo on voxels mixed within a subject
+    mixup_beta: float = 0.15  # Beta(b, b) of the mixing weights (MindEye)
+    mixup_prob: float = 0.5  # share of samples mixed in a BiMixCo step (MindEye)
     latent_weight: float = 1.0  # L1 to the VAE latents
 
     def __post_init__(self) -> None:
@@ -60,6 +63,9 @@ class BrainITConfig:
                               f"({self.latent_grid})")
         if not 0.0 <= self.voxel_dropout < 1.0:
             raise ConfigError(f"'voxel_dropout' must be in [0, 1). {self.voxel_dropout!r} was provided.")
+        if not (0.0 <= self.mixup_fraction <= 1.0 and self.mixup_beta > 0 and 0.0 <= self.mixup_prob <= 1.0):
+            raise ConfigError(f"mixup settings out of range: mixup_fraction {self.mixup_fraction!r} (0..1), "
+                              f"mixup_beta {self.mixup_beta!r} (> 0), mixup_prob {self.mixup_prob!r} (0..1)")
         if not self.temperature > 0:
             raise ConfigError(f"'temperature' must be > 0. {self.temperature!r} was provided.")
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from neuroattn.decode.base import as_betas, normalize_rows
 from neuroattn.decode.brain_it import BrainIT, BrainITConfig, BrainITOutput
-from neuroattn.decode.contrastive import soft_clip_loss
+from neuroattn.decode.contrastive import MixupBatch, bimixco_loss, bimixco_steps, mixup_voxels, soft_clip_loss
 from neuroattn.decode.voxel_clusters import VoxelClusters, encoding_profiles, fit_voxel_clusters
 from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError
 from neuroattn.io.checkpoints import Checkpoint, load_checkpoint, load_state_strict
@@ -98,7 +98,7 @@ class MultiSubjectTrials(Dataset):
 
 def brain_it_loss(
     tokens: Tensor, target: Tensor, config: BrainITConfig, latents: Tensor | None = None,
-    target_latents: Tensor | None = None, retrieval: Tensor | None = None,
+    target_latents: Tensor | None = None, retrieval: Tensor | None = None, mix: MixupBatch | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of token MSE, ``1 - cosine``, SoftCLIP on the flattened retrieval tokens and latent L1.
 
@@ -107,6 +107,8 @@ def brain_it_loss(
     tokens, target : ``(B, L, D)`` predicted and CLIP tokens.
     latents, target_latents : ``(B', C, h, w)`` predicted and VAE latents of the trials that have them.
     retrieval : ``(B, L, D)`` the projector's tokens SoftCLIP matches to ``target`` (default ``tokens``).
+    mix : when the inputs were mixed (rows in the outputs' order), BiMixCo replaces SoftCLIP; the token and
+        latent terms keep the unmixed targets, as MindEye's prior does.
 
     Returns
     -------
@@ -116,7 +118,10 @@ def brain_it_loss(
     mse = F.mse_loss(tokens, target)
     cosine = 1 - F.cosine_similarity(tokens, target, dim=-1).mean()
     retrieval = tokens if retrieval is None else retrieval.float()
-    contrastive = soft_clip_loss(retrieval, target, temperature=config.temperature)  # flattened + normalised inside
+    if mix is None:
+        contrastive = soft_clip_loss(retrieval, target, temperature=config.temperature)  # flattened + normalised
+    else:
+        contrastive = bimixco_loss(retrieval, target, mix.perm, mix.betas, temperature=config.temperature)
     loss = config.mse_weight * mse + config.cosine_weight * cosine + config.contrastive_weight * contrastive
     metrics = {"mse": mse.detach(), "1-cos": cosine.detach(), "softclip": contrastive.detach()}
     if latents is not None and target_latents is not None and latents.shape[0]:
@@ -137,9 +142,10 @@ class BrainITTask:
 
     def __init__(
         self, model: BrainIT, clusters: VoxelClusters, dataset: MultiSubjectTrials, subject_names: Sequence[str],
-        *, weight_decay: float = 0.01, summary: dict[str, Any] | None = None,
+        *, weight_decay: float = 0.01, summary: dict[str, Any] | None = None, max_steps: int = 0,
     ) -> None:
         self.model, self.clusters, self.dataset = model, clusters, dataset
+        self.mixup_steps = bimixco_steps(max_steps, model.config.mixup_fraction)  # leading steps with BiMixCo
         self.subject_names = list(subject_names)
         self.weight_decay = weight_decay
         self.summary = summary or {}
@@ -172,13 +178,21 @@ class BrainITTask:
         return torch.cat(rows), self.model.decode_outputs(feats)
 
     def losses(self, batch: dict[str, Tensor], step: int) -> Iterator[LossItem]:
+        cfg, mix = self.model.config, None
+        if step < self.mixup_steps:  # BiMixCo phase: each trial mixed with another of the same subject
+            mixed = mixup_voxels(batch["betas"], beta=cfg.mixup_beta, mix_prob=cfg.mixup_prob, groups=batch["subject"])
+            batch = batch | {"betas": mixed.voxels}
         order, out = self.predict(batch)
+        if step < self.mixup_steps:
+            position = torch.empty_like(order)
+            position[order] = torch.arange(len(order), device=order.device)  # output row of each input row
+            mix = MixupBatch(mixed.voxels[order], position[mixed.perm[order]], mixed.betas[order], mixed.select[order])
         target = batch["tokens"][order]  # (B, L, D)
         has = batch["has_latents"][order]  # (B,)
         latents = None if out.latents is None else out.latents[has]
-        loss, metrics = brain_it_loss(out.tokens, target, self.model.config, latents, batch["latents"][order][has],
-                                      out.retrieval)
-        yield "brain_it", loss, metrics
+        loss, metrics = brain_it_loss(out.tokens, target, cfg, latents, batch["latents"][order][has], out.retrieval,
+                                      mix)  # fmt: skip
+        yield "brain_it", loss, metrics | {"bimixco": float(mix is not None)}
 
     def model_config(self) -> dict[str, Any]:
         return {
@@ -241,7 +255,8 @@ def train_brain_it(
         model = BrainIT(config, init)
     summary = {"subjects": _subject_summary(items), "clip_trained": bool(clip_trained),
                "latents_trained": any(s.latents is not None for s in items) and config.latent_channels > 0}
-    task = BrainITTask(model, clusters, MultiSubjectTrials(items, config), names, weight_decay=weight_decay,
+    task = BrainITTask(model, clusters, MultiSubjectTrials(items, config), names, max_steps=train.max_steps,
+                       weight_decay=weight_decay,
                        summary=summary)
     return Trainer(task, train).fit(resume=resume)
 
@@ -315,7 +330,8 @@ def adapt_new_subject(
     summary["subjects"] = dict(summary.get("subjects", {})) | _subject_summary([item])
     summary["adapted_subject"] = subject
     summary["adapted_from"] = str(_final_dir(run_dir))
-    task = BrainITTask(model, clusters, dataset, [subject], weight_decay=0.0, summary=summary)
+    task = BrainITTask(model, clusters, dataset, [subject], weight_decay=0.0, summary=summary,
+                       max_steps=train.max_steps)
     return Trainer(task, train).fit()
 
 

@@ -23,7 +23,8 @@ class MixupBatch:
 
 
 def mixup_voxels(
-    voxels: Tensor, *, beta: float = 0.15, mix_prob: float = 0.5, generator: torch.Generator | None = None
+    voxels: Tensor, *, beta: float = 0.15, mix_prob: float = 0.5, generator: torch.Generator | None = None,
+    groups: Tensor | None = None,
 ) -> MixupBatch:
     """MixCo on voxels: ``x_i <- b_i x_i + (1 - b_i) x_perm(i)`` for a random half of the batch.
 
@@ -35,6 +36,7 @@ def mixup_voxels(
     mix_prob : probability that a sample is mixed (0.5 published); unmixed samples get ``b_i = 1``.
     generator : torch generator on the voxels' device for the permutation and the selection; the Beta draw
         uses the global stream (torch distributions take no generator).
+    groups : ``(B,)`` labels; each sample's partner comes from its own group (e.g. the same subject's voxels).
 
     Returns
     -------
@@ -42,7 +44,13 @@ def mixup_voxels(
     """
     n = voxels.shape[0]
     device = voxels.device
-    perm = torch.randperm(n, generator=generator, device=device)
+    if groups is None:
+        perm = torch.randperm(n, generator=generator, device=device)
+    else:
+        perm = torch.arange(n, device=device)
+        for label in torch.unique(groups):
+            rows = torch.nonzero(groups == label).flatten()  # (b,)
+            perm[rows] = rows[torch.randperm(len(rows), generator=generator, device=device)]
     betas = torch.distributions.Beta(beta, beta).sample((n,)).to(device=device, dtype=voxels.dtype)
     select = torch.rand(n, generator=generator, device=device) <= mix_prob
     betas = torch.where(select, betas, torch.ones_like(betas))

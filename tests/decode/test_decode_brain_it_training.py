@@ -190,3 +190,46 @@ def test_bad_inputs_are_refused(planted: dict[str, Any], joint_run: Path, tmp_pa
         decoder.predict_clip(np.zeros((2, 95), dtype=np.float32))
     with pytest.raises(InvalidInputError, match="unknown subject"):
         BrainITDecoder.load(joint_run, "subj09")
+
+
+def test_bimixco_phase_mixes_within_subjects_and_maps_partners_to_output_rows(
+    joint_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During the first ``mixup_fraction`` of steps the loss is BiMixCo on inputs mixed within each subject; the
+    partner indices it uses point at the output row of the same subject's partner trial."""
+    import neuroattn.decode.brain_it_training as bit
+
+    model, clusters, _ = load_brain_it(joint_run)
+    model.config.mixup_fraction = 0.5
+    subjects = list(model.subjects)
+    task = BrainITTask(model, clusters, None, subjects, max_steps=10)  # type: ignore[arg-type]
+    assert task.mixup_steps == 5
+    gen = torch.Generator().manual_seed(0)
+    width = max(m.n_voxels for m in model.subjects.values())
+    subject = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    betas = torch.randn(8, width, generator=gen)
+    for i, si in enumerate(subject.tolist()):
+        betas[i, model.subjects[subjects[si]].n_voxels :] = 0.0  # padding past each subject's voxels
+    task.dataset = type("Widths", (), {"n_voxels": [model.subjects[s].n_voxels for s in subjects]})()
+    cfg = model.config
+    batch = {"betas": betas, "subject": subject, "tokens": torch.randn(8, cfg.n_tokens, cfg.clip_dim),
+             "latents": torch.zeros(8, cfg.latent_channels, cfg.latent_size, cfg.latent_size),
+             "has_latents": torch.zeros(8, dtype=torch.bool)}
+    seen = {}
+    original = bit.brain_it_loss
+
+    def spy(*args, **kwargs):
+        seen["mix"] = args[6] if len(args) > 6 else kwargs.get("mix")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bit, "brain_it_loss", spy)
+    torch.manual_seed(3)
+    _, loss, metrics = next(task.losses(batch, step=2))
+    order = torch.cat([torch.nonzero(subject == s).flatten() for s in torch.unique(subject)])
+    mix = seen["mix"]
+    assert metrics["bimixco"] == 1.0 and torch.isfinite(loss)
+    assert torch.equal(subject[order][mix.perm], subject[order])  # partners share the subject
+    b = mix.betas[:, None]
+    torch.testing.assert_close(mix.voxels, b * betas[order] + (1 - b) * betas[order][mix.perm])
+    next(task.losses(batch, step=5))
+    assert seen["mix"] is None  # SoftCLIP from step mixup_steps on

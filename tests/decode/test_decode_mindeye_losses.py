@@ -134,3 +134,14 @@ def test_mindeye_shapes_and_config_round_trip() -> None:
     np.testing.assert_allclose(emb.norm(dim=1).detach().numpy(), 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="expected voxels"):
         model(torch.randn(3, 29))
+
+
+def test_mixup_partners_stay_within_their_group() -> None:
+    torch.manual_seed(1)
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 2, 1] * 8)
+    voxels = torch.randn(len(groups), 5, dtype=torch.float64)
+    mix = mixup_voxels(voxels, groups=groups)
+    assert torch.equal(groups[mix.perm], groups)
+    assert sorted(mix.perm.tolist()) == list(range(len(groups)))  # still a permutation
+    b = mix.betas[:, None]
+    np.testing.assert_allclose(mix.voxels, b * voxels + (1 - b) * voxels[mix.perm], atol=1e-12)
