@@ -196,5 +196,5 @@ def test_voxel_dropout_only_acts_in_training() -> None:
     assert not torch.allclose(noisy, model.cluster_tokens("subj01", betas))
     with pytest.raises(ConfigError, match="voxel_dropout"):
         BrainITConfig.tiny(voxel_dropout=1.0)
-    with pytest.raises(ConfigError, match="mixup_fraction 1.5"):
+    with pytest.raises(ConfigError, match=r"mixup_fraction 1\.5"):
         BrainITConfig.tiny(mixup_fraction=1.5)
