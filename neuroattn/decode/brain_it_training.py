@@ -131,6 +131,13 @@ def brain_it_loss(
     return loss, metrics
 
 
+def _in_output_order(mixed: MixupBatch, order: Tensor) -> MixupBatch:
+    """The mixup of the input rows re-indexed to the output rows ``order`` lists (partners included)."""
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order), device=order.device)  # output row of each input row
+    return MixupBatch(mixed.voxels[order], position[mixed.perm[order]], mixed.betas[order], mixed.select[order])
+
+
 class BrainITTask:
     """The :class:`~neuroattn.train.TrainTask` of Brain-IT: one AdamW optimizer "brain_it" over the parameters
     that require gradients (all of them when training jointly, one subject's voxel embeddings when adapting).
@@ -178,15 +185,13 @@ class BrainITTask:
         return torch.cat(rows), self.model.decode_outputs(feats)
 
     def losses(self, batch: dict[str, Tensor], step: int) -> Iterator[LossItem]:
-        cfg, mix = self.model.config, None
+        cfg = self.model.config
+        mixed = None
         if step < self.mixup_steps:  # BiMixCo phase: each trial mixed with another of the same subject
             mixed = mixup_voxels(batch["betas"], beta=cfg.mixup_beta, mix_prob=cfg.mixup_prob, groups=batch["subject"])
             batch = batch | {"betas": mixed.voxels}
         order, out = self.predict(batch)
-        if step < self.mixup_steps:
-            position = torch.empty_like(order)
-            position[order] = torch.arange(len(order), device=order.device)  # output row of each input row
-            mix = MixupBatch(mixed.voxels[order], position[mixed.perm[order]], mixed.betas[order], mixed.select[order])
+        mix = None if mixed is None else _in_output_order(mixed, order)
         target = batch["tokens"][order]  # (B, L, D)
         has = batch["has_latents"][order]  # (B,)
         latents = None if out.latents is None else out.latents[has]

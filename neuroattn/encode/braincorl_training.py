@@ -395,63 +395,61 @@ class InContextEncoder:
             warnings.warn(
                 "BraInCoRL is UNTRAINED (random weights): its encoders are meaningless until meta_train() or load()",
                 UserWarning, stacklevel=2)  # fmt: skip
-        weights, bias = self._fit_unpooled(x, y)
+        weights, bias, self.fitted_model_, self.prior_evidence_ = self._encoders(x, y)
+        self.support_embeddings_, self.support_responses_ = x, y
         self.pooling_: dict[str, Any] | None = None
         if layout is not None and self.pooling is not None:
-            evidence, model = self.prior_evidence_, self.fitted_model_  # the full support set's, not a fold's
-            (sigma, mix), table = self.pooling.select(self._fit_unpooled, x, y, layout)
-            self.prior_evidence_, self.fitted_model_ = evidence, model
-            self.support_embeddings_, self.support_responses_ = x, y
+            (sigma, mix), table = self.pooling.select(lambda xs, ys: self._encoders(xs, ys)[:2], x, y, layout)
             weights, bias = pool_weights(weights, bias, x, y, layout, sigma, mix)
             self.pooling_ = {"sigma_mm": sigma, "mix": mix, "folds": self.pooling.folds, "candidates": table}
         self.weights_ = np.asarray(weights, dtype=np.float32)  # (D, V)
         self.bias_ = np.asarray(bias, dtype=np.float32)  # (V,)
         return self
 
-    def _fit_unpooled(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The model's encoders ``(weights (D, V), bias (V,))`` from support pairs ``x`` (k, D), ``y`` (k, V).
+    def _encoders(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, BraInCoRL, list[float]]:
+        """Unpooled encoders from support pairs ``x`` (k, D), ``y`` (k, V), touching no fitted state.
 
-        Sets ``fitted_model_`` (the model with its prior adapted to these voxels) and the stored support set.
+        Returns ``(weights (D, V), bias (V,), the model with its prior adapted to these voxels, the evidence
+        its EM climbed)``.
         """
-        model = self._adapted_model(self._model(x.shape[1]).eval(), x, y)
-        self.fitted_model_ = model
-        self.support_embeddings_, self.support_responses_ = np.asarray(x, np.float32), np.asarray(y, np.float32)
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+        model, evidence = self._adapted_model(self._model(x.shape[1]).eval(), x, y)
         weights, bias = [], []
         chunks = range(0, y.shape[1], self.voxel_batch)
         for start in progress_bar(chunks, disable=not self.progress, desc="in-context fit", unit="chunk"):
-            w, b = self._run(model, self.support_responses_[:, start : start + self.voxel_batch], "forward")
+            w, b = self._run(model, x, y[:, start : start + self.voxel_batch], "forward")
             weights.append(w)
             bias.append(b)
-        return np.concatenate(weights, axis=0).T.copy(), np.concatenate(bias)
+        return np.concatenate(weights, axis=0).T.copy(), np.concatenate(bias), model, evidence
 
-    def _adapted_model(self, model: BraInCoRL, x: np.ndarray, y: np.ndarray) -> BraInCoRL:
-        """The model whose Bayes-path prior took ``prior_adapt_iters`` EM steps over this subject's voxels.
+    def _adapted_model(self, model: BraInCoRL, x: np.ndarray, y: np.ndarray) -> tuple[BraInCoRL, list[float]]:
+        """The model whose Bayes-path prior took ``prior_adapt_iters`` EM steps over this subject's voxels, and
+        the evidence those steps climbed.
 
         Voxels with a finite, non-constant response to every support image share the support set, so together
         they re-estimate the mixture (see :meth:`MixturePrior.adapt`); the stored model is left unchanged.
-        Returns ``model`` itself when the path is off or fewer than 2 images or voxels qualify.
+        Returns ``(model, [])`` itself when the path is off or fewer than 2 images or voxels qualify.
         """
-        self.prior_evidence_: list[float] = []
         iters = model.config.prior_adapt_iters
         if model.prior is None or not iters or len(x) < 2:
-            return model
+            return model, []
         std = y.std(axis=0)
         usable = np.isfinite(y).all(axis=0) & (std > model.config.eps)
         if usable.sum() < 2:
-            return model
+            return model, []
         z = (y[:, usable] - y[:, usable].mean(axis=0)) / std[usable]  # (k, V') standardised as the model does
         centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)  # (k, D)
         device = next(model.parameters()).device
         adapted = copy.deepcopy(model)
-        self.prior_evidence_ = adapted.prior.adapt(torch.from_numpy(centred).to(device),
-                                                   torch.from_numpy(z.astype(np.float64)).to(device), iters)
-        return adapted
+        evidence = adapted.prior.adapt(torch.from_numpy(centred).to(device),
+                                       torch.from_numpy(z.astype(np.float64)).to(device), iters)
+        return adapted, evidence
 
     @torch.no_grad()
-    def _run(self, model: BraInCoRL, y: np.ndarray, method: str) -> Any:
-        """Run ``model.<method>`` on the stored support images and responses ``y`` (k, n) of n voxels."""
+    def _run(self, model: BraInCoRL, embeddings: np.ndarray, y: np.ndarray, method: str) -> Any:
+        """Run ``model.<method>`` on support images ``embeddings`` (k, D) and responses ``y`` (k, n) of n voxels."""
         device = next(model.parameters()).device
-        x = torch.from_numpy(self.support_embeddings_).to(device)  # (k, D)
+        x = torch.from_numpy(np.asarray(embeddings, np.float32)).to(device)  # (k, D)
         resp = torch.from_numpy(np.ascontiguousarray(y.T)).to(device)  # (n, k)
         mask = torch.isfinite(resp)
         if not bool(mask.any(dim=1).all()):
@@ -487,7 +485,8 @@ class InContextEncoder:
         idx = np.asarray(voxels, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.bias_.size or idx.max() >= self.bias_.size):
             raise InvalidInputError(f"voxel indices outside [0, {self.bias_.size})", None)
-        return self._run(self.fitted_model_, self.support_responses_[:, idx], "support_attention")
+        return self._run(self.fitted_model_, self.support_embeddings_, self.support_responses_[:, idx],
+                         "support_attention")
 
 
 def in_context_curve(
