@@ -1,9 +1,11 @@
 """Decoding targets on simulated data: ridge vs MindEye vs Brain-IT retrieval, new-subject adaptation, reconstructions.
 
-Simulates a data folder (or reuses ``--data``), trains the three decoders on subject 1 (Brain-IT jointly on
-subjects 1-2) with the shipped CPU configs (``pipelines/decode/*-small.yaml``: what ``decode train --config``
-runs; ``--steps``/``--lr`` override them), adapts Brain-IT to subject 3 with ``--adapt-fraction`` of its training
-images and compares it with Brain-IT trained on subject 3 alone on the same images, then evaluates every run
+Simulates a data folder of ``--subjects`` subjects (8, as NSD; or reuses ``--data``), trains ridge and MindEye on
+subject 1 and Brain-IT jointly on every subject but the last, with the shipped CPU configs
+(``pipelines/decode/*-small.yaml``: what ``decode train --config`` runs; ``--steps``/``--lr`` override them,
+``--brain-it-steps`` the joint Brain-IT run alone), adapts Brain-IT to the last subject with ``--adapt-fraction``
+of its training images and compares it with Brain-IT trained on that subject alone on the same images, then
+evaluates every run
 (top-1 among 300 both ways, 2-way identification, PixCorr/SSIM of reconstructions against the mean-image
 baseline). Prints a table and writes JSON (``--out``); training throughput (samples/s) comes from each run's
 trainer summary.
@@ -59,12 +61,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not (data_dir / "stimuli.hdf5").is_file():
         start = time.perf_counter()
         simulate_dataset(data_dir, SimulateSettings(
-            simulation={"n_voxels": args.voxels, "voxel_size": args.voxel_size},
+            simulation={"n_subjects": args.subjects, "n_voxels": args.voxels, "voxel_size": args.voxel_size},
             autoencoder_steps=args.generator_steps, variation_steps=args.generator_steps, device=args.device,
         ), progress=args.progress)
         timings["simulate_s"] = round(time.perf_counter() - start, 1)
     data = open_decoding_data(data_dir, progress=args.progress)
     subjects = data.subject_names
+    if len(subjects) < 3:
+        raise SystemExit(f"{data_dir}: the benchmark needs at least 3 subjects, found {len(subjects)}")
+    new = subjects[-1]  # the subject Brain-IT is adapted to; every other one trains it jointly
     overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
     common = {"device": args.device, "batch_size": args.batch_size, "log_every": 50, "checkpoint_every": 10**9}
 
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plans = {
         "ridge": settings("ridge", None, subjects=subjects[:1]),
         "mindeye": settings("mindeye", args.mindeye_config, subjects=subjects[:1]),
-        "brain-it": settings("brain-it", args.brain_it_config, subjects=subjects[:2]),
+        "brain-it": settings("brain-it", args.brain_it_config, subjects=subjects[:-1],
+                             **({"steps": args.brain_it_steps} if args.brain_it_steps else {})),
     }
     runs: dict[str, Path] = {}
     reused: list[str] = []
@@ -95,7 +101,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for name, plan in plans.items():
         train(name, plan, lambda folder, plan=plan: train_decoder(data, plan, folder, progress=args.progress))
-    new = subjects[2]
     few = {"train_fraction": args.adapt_fraction, "subjects": [new]}
     few |= {"steps": args.adapt_steps} if args.adapt_steps else {}  # the same images and steps for both
     few_plan = settings("brain-it", args.brain_it_config, **few)
@@ -162,12 +167,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/decoding.json"))
     parser.add_argument("--work", default="bench_results/decoding", help="folder for data, runs and evaluations")
     parser.add_argument("--data", default=None, help="an existing decoding data folder (default: simulate one)")
+    parser.add_argument("--subjects", type=int, default=8, help="subjects to simulate (NSD has 8)")
     parser.add_argument("--voxels", type=int, default=6000, help="voxels per simulated subject")
     parser.add_argument("--voxel-size", type=float, default=3.0, help="mm")
     parser.add_argument("--generator-steps", type=int, default=400)
     parser.add_argument("--mindeye-config", type=Path, default=Path("pipelines/decode/mindeye-small.yaml"))
     parser.add_argument("--brain-it-config", type=Path, default=Path("pipelines/decode/brain-it-small.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the configs' optimizer steps")
+    parser.add_argument("--brain-it-steps", type=int, default=None,
+                        help="steps of the joint Brain-IT run (default: --steps, else its config's)")
     parser.add_argument("--adapt-steps", type=int, default=None,
                         help="steps of the new-subject runs, adapted and alone (default: the config's)")
     parser.add_argument("--adapt-fraction", type=float, default=0.1)

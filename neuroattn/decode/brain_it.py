@@ -46,6 +46,7 @@ class BrainITConfig:
     mixup_beta: float = 0.15  # Beta(b, b) of the mixing weights (MindEye)
     mixup_prob: float = 0.5  # share of samples mixed in a BiMixCo step (MindEye)
     latent_weight: float = 1.0  # L1 to the VAE latents
+    adapt_prior_weight: float = 0.0  # new-subject adaptation: Gaussian prior keeping embeddings near their placement
 
     def __post_init__(self) -> None:
         for name in ("n_clusters", "embed_dim", "dim", "heads", "depth", "n_tokens", "clip_dim", "latent_grid"):
@@ -66,6 +67,8 @@ class BrainITConfig:
         if not (0.0 <= self.mixup_fraction <= 1.0 and self.mixup_beta > 0 and 0.0 <= self.mixup_prob <= 1.0):
             raise ConfigError(f"mixup settings out of range: mixup_fraction {self.mixup_fraction!r} (0..1), "
                               f"mixup_beta {self.mixup_beta!r} (> 0), mixup_prob {self.mixup_prob!r} (0..1)")
+        if not self.adapt_prior_weight >= 0:
+            raise ConfigError(f"'adapt_prior_weight' must be >= 0. {self.adapt_prior_weight!r} was provided.")
         if not self.temperature > 0:
             raise ConfigError(f"'temperature' must be > 0. {self.temperature!r} was provided.")
 

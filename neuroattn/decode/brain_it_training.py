@@ -23,6 +23,7 @@ from neuroattn.train import LossItem, Trainer, TrainResult
 from neuroattn.train.config import TrainConfig
 
 MODEL_CLASS = "BrainIT"
+PRIOR_VARIANCE_FLOOR = 1e-2  # embeddings are whitened (unit variance per axis); keeps the prior finite
 
 
 class BrainITSubject(NamedTuple):
@@ -138,6 +139,24 @@ def _in_output_order(mixed: MixupBatch, order: Tensor) -> MixupBatch:
     return MixupBatch(mixed.voxels[order], position[mixed.perm[order]], mixed.betas[order], mixed.select[order])
 
 
+class EmbeddingPrior(NamedTuple):
+    """A Gaussian prior on one subject's voxel embeddings: ``N(mean, variance)`` per voxel and axis.
+
+    Adaptation adds ``weight * mean((e - mean)^2 / variance)`` to the loss: the MAP estimate of embeddings whose
+    start (the profile placement) carries a known uncertainty, so a few images move them only as far as they
+    have evidence for.
+    """
+
+    subject: str
+    mean: Tensor  # (V, embed_dim)
+    variance: Tensor  # (V, embed_dim) > 0
+    weight: float
+
+    def penalty(self, embedding: Tensor) -> Tensor:
+        """The weighted prior term of ``embedding (V, embed_dim)``."""
+        return self.weight * ((embedding - self.mean) ** 2 / self.variance).mean()
+
+
 class BrainITTask:
     """The :class:`~neuroattn.train.TrainTask` of Brain-IT: one AdamW optimizer "brain_it" over the parameters
     that require gradients (all of them when training jointly, one subject's voxel embeddings when adapting).
@@ -150,8 +169,10 @@ class BrainITTask:
     def __init__(
         self, model: BrainIT, clusters: VoxelClusters, dataset: MultiSubjectTrials, subject_names: Sequence[str],
         *, weight_decay: float = 0.01, summary: dict[str, Any] | None = None, max_steps: int = 0,
+        prior: EmbeddingPrior | None = None,
     ) -> None:
         self.model, self.clusters, self.dataset = model, clusters, dataset
+        self.prior = prior
         self.mixup_steps = bimixco_steps(max_steps, model.config.mixup_fraction)  # leading steps with BiMixCo
         self.subject_names = list(subject_names)
         self.weight_decay = weight_decay
@@ -197,6 +218,10 @@ class BrainITTask:
         latents = None if out.latents is None else out.latents[has]
         loss, metrics = brain_it_loss(out.tokens, target, cfg, latents, batch["latents"][order][has], out.retrieval,
                                       mix)  # fmt: skip
+        if self.prior is not None:
+            penalty = self.prior.penalty(self.model.subjects[self.prior.subject].embedding)
+            loss = loss + penalty
+            metrics["prior"] = penalty.detach()
         yield "brain_it", loss, metrics | {"bimixco": float(mix is not None)}
 
     def model_config(self) -> dict[str, Any]:
@@ -301,6 +326,7 @@ def adapt_new_subject(
     latents: np.ndarray | None = None,
     profiles: np.ndarray | None = None,
     subject: str = "new",
+    prior_weight: float | None = None,
 ) -> TrainResult:
     """Add a new subject to a trained Brain-IT, training only that subject's voxel embeddings.
 
@@ -317,6 +343,9 @@ def adapt_new_subject(
     betas, tokens, latents, profiles : the new subject's data, as in :class:`BrainITSubject`.
     train : trainer settings for the adaptation run; ``out_dir`` must differ from ``run_dir``.
     subject : the new subject's name.
+    prior_weight : weight of the Gaussian prior that keeps each embedding near its placement, scaled by the
+        placement's uncertainty (:class:`EmbeddingPrior`); None takes the run's ``adapt_prior_weight``, 0 trains
+        the embeddings freely.
     """
     if Path(train.out_dir).resolve() in {Path(run_dir).resolve(), _final_dir(run_dir).resolve()}:
         raise ConfigError("the adaptation run needs its own out_dir, not the trained run's folder")
@@ -327,16 +356,25 @@ def adapt_new_subject(
         raise InvalidInputError(f"profiles of {subject!r} have {item.profiles.shape[1]} features; the run's clusters "
                                 f"were fitted on {clusters.n_features}")
     model.requires_grad_(False)
-    labels, start = clusters.place_noisy(clusters.embed(item.profiles))
+    labels, start, variance = clusters.posterior(clusters.embed(item.profiles))
     voxels = model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels))
     voxels.embedding.requires_grad_(True)
+    weight = cfg.adapt_prior_weight if prior_weight is None else float(prior_weight)
+    if weight < 0:
+        raise ConfigError(f"'prior_weight' must be >= 0. {weight!r} was provided.")
+    prior = None
+    if weight > 0:
+        floor = torch.full_like(voxels.embedding, PRIOR_VARIANCE_FLOOR)
+        prior = EmbeddingPrior(subject, voxels.embedding.detach().clone(),
+                               torch.maximum(torch.from_numpy(variance).to(floor), floor), weight)
     dataset = MultiSubjectTrials([item], cfg)
     summary = dict(ckpt.data_summary)
     summary["subjects"] = dict(summary.get("subjects", {})) | _subject_summary([item])
     summary["adapted_subject"] = subject
     summary["adapted_from"] = str(_final_dir(run_dir))
+    summary["adapt_prior_weight"] = weight
     task = BrainITTask(model, clusters, dataset, [subject], weight_decay=0.0, summary=summary,
-                       max_steps=train.max_steps)
+                       max_steps=train.max_steps, prior=prior)
     return Trainer(task, train).fit()
 
 
@@ -412,6 +450,7 @@ __all__ = [
     "BrainITDecoder",
     "BrainITSubject",
     "BrainITTask",
+    "EmbeddingPrior",
     "MultiSubjectTrials",
     "adapt_new_subject",
     "brain_it_loss",

@@ -211,8 +211,10 @@ def adapt_brain_it(data: DecodingData, base_run: str | Path, subject: str, setti
     out_dir.mkdir(parents=True, exist_ok=True)
     sets, latent_info = training_sets(data, settings, [subject], progress=progress)
     item = sets[0]
+    prior_weight = settings.model_config.get("adapt_prior_weight")  # None: the base run's; the rest is the base's
     adapt_new_subject(base_run, item.betas, item.tokens, settings.train_config(out_dir, progress),
-                      latents=item.latents, subject=subject)
+                      latents=item.latents, subject=subject,
+                      prior_weight=None if prior_weight is None else float(prior_weight))
     _write_info(out_dir, data, settings, [subject], latent_info,
                 {"adapted_from": str(Path(base_run).resolve()), "base_subjects": info.get("subjects", [])})
     return out_dir

@@ -134,6 +134,16 @@ class VoxelClusters:
         embedding becomes the posterior mean ``mu_k + var_k / (var_k + n) * (e - mu_k)`` averaged over clusters by
         their posterior probabilities. Returns ``(V,)`` int64 labels and ``(V, P)`` float32 embeddings.
         """
+        labels, mean, _ = self.posterior(embeddings)
+        return labels, mean
+
+    def posterior(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`place_noisy`'s labels and posterior means, plus the posterior variances ``(V, P)`` float32.
+
+        The variance is the mixture's: the expected within-cluster posterior variance ``var_k n / (var_k + n)``
+        plus the spread of the clusters' posterior means around the overall one, both weighted by the clusters'
+        posterior probabilities.
+        """
         e = np.asarray(embeddings, dtype=np.float64)
         noise = self.excess_variance(e)
         joint = self.log_likelihood(e, noise)  # (V, K)
@@ -141,7 +151,11 @@ class VoxelClusters:
         post /= post.sum(axis=1, keepdims=True)  # (V, K)
         gain = self.variances / (self.variances + noise)  # (K, P)
         shrunk = self.means[None] + gain[None] * (e[:, None] - self.means[None])  # (V, K, P)
-        return joint.argmax(axis=1).astype(np.int64), np.einsum("vk,vkp->vp", post, shrunk).astype(np.float32)
+        mean = np.einsum("vk,vkp->vp", post, shrunk)  # (V, P)
+        within = post @ (gain * noise)  # (V, P): var_k n / (var_k + n) = gain_k n
+        between = np.einsum("vk,vkp->vp", post, (shrunk - mean[:, None]) ** 2)
+        labels = joint.argmax(axis=1).astype(np.int64)
+        return labels, mean.astype(np.float32), (within + between).astype(np.float32)
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Float64 tensors for a safetensors checkpoint (keys: mean, components, scale, means, variances, weights)."""

@@ -102,3 +102,32 @@ def test_noisy_voxels_are_placed_by_the_deconvolved_mixture() -> None:
     err_noisy, err_start = ((noisy - true) ** 2).mean(), ((start - true) ** 2).mean()
     assert start.shape == (4000, p) and start.dtype == np.float32
     assert err_start < 0.6 * err_noisy
+
+
+def test_posterior_matches_numerical_integration() -> None:
+    """Mean and variance of ``posterior`` equal the moments of the exact 1-D posterior of a two-cluster mixture
+    under Gaussian estimation noise, integrated on a fine grid in float64."""
+    rng = np.random.default_rng(3)
+    means, variances, weights = np.array([[-1.5], [2.0]]), np.array([[0.4], [1.2]]), np.array([0.3, 0.7])
+    clusters = VoxelClusters(mean=np.zeros(1), components=np.eye(1), scale=np.ones(1), means=means,
+                             variances=variances, weights=weights)  # fmt: skip
+    label = rng.choice(2, p=weights, size=3000)
+    noisy = means[label] + np.sqrt(variances[label]) * rng.normal(size=(3000, 1)) + rng.normal(size=(3000, 1))
+    noise = clusters.excess_variance(noisy)[0]  # what posterior() assumes: estimated from all the voxels given
+    assert 0.7 < noise < 1.3
+    labels, mean, variance = (a[:25] for a in clusters.posterior(noisy))
+    grid = np.linspace(-12, 12, 48001)
+    prior = sum(w * np.exp(-((grid - m) ** 2) / (2 * v)) / np.sqrt(2 * np.pi * v)
+                for w, m, v in zip(weights, means[:, 0], variances[:, 0], strict=True))
+    for i, e in enumerate(noisy[:25, 0]):
+        density = prior * np.exp(-((e - grid) ** 2) / (2 * noise))
+        density /= density.sum()
+        ref_mean = (density * grid).sum()
+        ref_var = (density * (grid - ref_mean) ** 2).sum()
+        np.testing.assert_allclose(mean[i, 0], ref_mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(variance[i, 0], ref_var, rtol=1e-4)
+    _, start = clusters.place_noisy(noisy)
+    np.testing.assert_array_equal(start[:25], mean)  # place_noisy is the posterior mean
+    joint = np.log(weights) - 0.5 * ((noisy[:25] - means.T) ** 2 / (variances.T + noise)
+                                     + np.log(variances.T + noise))  # fmt: skip
+    np.testing.assert_array_equal(labels, joint.argmax(axis=1))

@@ -198,3 +198,5 @@ def test_voxel_dropout_only_acts_in_training() -> None:
         BrainITConfig.tiny(voxel_dropout=1.0)
     with pytest.raises(ConfigError, match=r"mixup_fraction 1\.5"):
         BrainITConfig.tiny(mixup_fraction=1.5)
+    with pytest.raises(ConfigError, match="adapt_prior_weight"):
+        BrainITConfig.tiny(adapt_prior_weight=-0.5)

@@ -16,6 +16,7 @@ from neuroattn.decode.brain_it_training import (
     BrainITDecoder,
     BrainITSubject,
     BrainITTask,
+    EmbeddingPrior,
     adapt_new_subject,
     load_brain_it,
     train_brain_it,
@@ -173,6 +174,32 @@ def test_adaptation_trains_only_new_embeddings_and_beats_training_alone(
     adapted = top1(BrainITDecoder.load(tmp_path / "adapt", "subj04"), new["test"], test_tokens)
     scratch = top1(BrainITDecoder.load(tmp_path / "alone", "subj01"), new["test"], test_tokens)
     assert adapted >= 0.8 and adapted >= scratch + 0.15, (adapted, scratch)  # measured 0.94 vs about 0.6
+
+
+def test_adaptation_prior_holds_embeddings_at_their_placement(
+    planted: dict[str, Any], joint_run: Path, tmp_path: Path
+) -> None:
+    """A strong embedding prior keeps the new voxels at their profile placement; the logged term is its closed form."""
+    tokens, latents = planted["tokens"], planted["latents"]
+    new = planted["subjects"][3]
+    items = new["train_items"][:FEW]
+    result = adapt_new_subject(joint_run, new["train"][:FEW], tokens[items],
+                               _train_config(tmp_path / "prior", 40, 8, 1e-2), latents=latents[items],
+                               subject="subj04", prior_weight=1e4)  # fmt: skip
+    assert result.finished
+    model, clusters, ckpt = load_brain_it(tmp_path / "prior")
+    assert ckpt.data_summary["adapt_prior_weight"] == 1e4
+    profiles = encoding_profiles(new["train"][:FEW], tokens[items, 0], alpha=CONFIG.profile_alpha)
+    _, start, variance = clusters.posterior(clusters.embed(profiles))
+    embedding = model.subjects["subj04"].embedding.detach().numpy()
+    moved = np.linalg.norm(embedding - start) / np.linalg.norm(start)
+    assert moved < 0.01, moved  # free adaptation moves them > 0.05 (test above)
+    prior = EmbeddingPrior("subj04", torch.from_numpy(start), torch.from_numpy(np.maximum(variance, 1e-2)), 2.0)
+    expected = 2.0 * np.mean((embedding.astype(np.float64) - start) ** 2 / np.maximum(variance, 1e-2))
+    np.testing.assert_allclose(float(prior.penalty(torch.from_numpy(embedding))), expected, rtol=1e-4)
+    with pytest.raises(ConfigError, match="prior_weight"):
+        adapt_new_subject(joint_run, new["train"][:FEW], tokens[items], _train_config(tmp_path / "bad", 1, 8, 1e-2),
+                          subject="subj05", prior_weight=-1.0)
 
 
 def test_bad_inputs_are_refused(planted: dict[str, Any], joint_run: Path, tmp_path: Path) -> None:
