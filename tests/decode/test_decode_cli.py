@@ -21,7 +21,8 @@ from neuroattn.decode.brain_it import BrainITConfig
 from neuroattn.decode.data_bundle import open_decoding_data
 from neuroattn.decode.mindeye import MindEyeConfig
 from neuroattn.decode.pipeline import SimulateSettings
-from neuroattn.decode.runs import DecodeSettings
+from neuroattn.decode.runs import DecodeSettings, adapt_brain_it
+from neuroattn.io.checkpoints import load_checkpoint
 from neuroattn.io.nifti import save_volume, volume_from_array
 from neuroattn.pipelines import load_pipeline_config
 
@@ -97,6 +98,17 @@ def test_simulate_writes_the_tiny_folder_of_the_yaml(done: dict[str, Path]) -> N
     trials = _read_csv(done["data"] / "subj01" / "trials.csv")
     test_images = {r["image_id"] for r in trials if r["split"] == "test"}
     assert len(test_images) == 60 and len(trials) == 240 * 3  # every image shown 3 times
+
+
+def test_adapting_run_takes_its_prior_weight_from_its_own_config(done: dict[str, Path], tmp_path: Path) -> None:
+    """``model_config: {adapt_prior_weight: W}`` of the adapting run reaches the adaptation; without it the base
+    run's value (0) holds."""
+    settings = DecodeSettings(model="brain-it", steps=2, device="cpu", train_fraction=0.5, checkpoint_every=0,
+                              model_config={"adapt_prior_weight": 3.0})  # fmt: skip
+    with _one_blas_thread():
+        adapt_brain_it(open_decoding_data(done["data"]), done["brain-it"], "subj02", settings, tmp_path / "prior")
+    assert load_checkpoint(tmp_path / "prior" / "final").data_summary["adapt_prior_weight"] == 3.0
+    assert load_checkpoint(done["brain-it-2"] / "final").data_summary["adapt_prior_weight"] == 0.0
 
 
 def test_runs_record_model_subjects_and_untrained_targets(done: dict[str, Path]) -> None:
