@@ -5,9 +5,8 @@ subject 1 and Brain-IT jointly on every subject but the last, with the shipped C
 (``pipelines/decode/*-small.yaml``: what ``decode train --config`` runs; ``--steps``/``--lr`` override them,
 ``--brain-it-steps`` the joint Brain-IT run alone), adapts Brain-IT to the last subject with ``--adapt-fraction``
 of its training images and compares it with Brain-IT trained on that subject alone on the same images, then
-evaluates every run
-(top-1 among 300 both ways, 2-way identification, PixCorr/SSIM of reconstructions against the mean-image
-baseline). Prints a table and writes JSON (``--out``); training throughput (samples/s) comes from each run's
+evaluates every run (top-1 among 300 both ways, 2-way identification, PixCorr/SSIM of reconstructions against the
+mean-image baseline). Prints a table and writes JSON (``--out``); training throughput (samples/s) comes from each run's
 trainer summary.
 """
 

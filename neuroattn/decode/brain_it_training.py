@@ -349,6 +349,8 @@ def adapt_new_subject(
     """
     if Path(train.out_dir).resolve() in {Path(run_dir).resolve(), _final_dir(run_dir).resolve()}:
         raise ConfigError("the adaptation run needs its own out_dir, not the trained run's folder")
+    if prior_weight is not None and not prior_weight >= 0:
+        raise ConfigError(f"'prior_weight' must be >= 0. {prior_weight!r} was provided.")
     model, clusters, ckpt = load_brain_it(run_dir)
     cfg = model.config
     item = _check_subject(0, (betas, tokens, latents, profiles, subject), cfg)
@@ -360,8 +362,6 @@ def adapt_new_subject(
     voxels = model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels))
     voxels.embedding.requires_grad_(True)
     weight = cfg.adapt_prior_weight if prior_weight is None else float(prior_weight)
-    if weight < 0:
-        raise ConfigError(f"'prior_weight' must be >= 0. {weight!r} was provided.")
     prior = None
     if weight > 0:
         floor = torch.full_like(voxels.embedding, PRIOR_VARIANCE_FLOOR)

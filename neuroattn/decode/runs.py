@@ -197,6 +197,17 @@ def _train_brain_it(sets: list[TrainingSet], settings: DecodeSettings, out_dir: 
                    resume=resume)
 
 
+def _adapt_prior_weight(settings: DecodeSettings) -> float | None:
+    """The adapting run's own ``model_config.adapt_prior_weight`` (None: the base run's; its other keys describe
+    the base run and are not used)."""
+    value = settings.model_config.get("adapt_prior_weight")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"'adapt_prior_weight' must be a number >= 0. {value!r} was provided.")
+    return float(value)
+
+
 def adapt_brain_it(data: DecodingData, base_run: str | Path, subject: str, settings: DecodeSettings,
                    out_dir: str | Path, *, progress: bool = False) -> Path:
     """Add ``subject`` to a trained Brain-IT, training only its voxel embeddings on ``settings.train_fraction``."""
@@ -211,10 +222,8 @@ def adapt_brain_it(data: DecodingData, base_run: str | Path, subject: str, setti
     out_dir.mkdir(parents=True, exist_ok=True)
     sets, latent_info = training_sets(data, settings, [subject], progress=progress)
     item = sets[0]
-    prior_weight = settings.model_config.get("adapt_prior_weight")  # None: the base run's; the rest is the base's
     adapt_new_subject(base_run, item.betas, item.tokens, settings.train_config(out_dir, progress),
-                      latents=item.latents, subject=subject,
-                      prior_weight=None if prior_weight is None else float(prior_weight))
+                      latents=item.latents, subject=subject, prior_weight=_adapt_prior_weight(settings))
     _write_info(out_dir, data, settings, [subject], latent_info,
                 {"adapted_from": str(Path(base_run).resolve()), "base_subjects": info.get("subjects", [])})
     return out_dir

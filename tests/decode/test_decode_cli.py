@@ -22,6 +22,7 @@ from neuroattn.decode.data_bundle import open_decoding_data
 from neuroattn.decode.mindeye import MindEyeConfig
 from neuroattn.decode.pipeline import SimulateSettings
 from neuroattn.decode.runs import DecodeSettings, adapt_brain_it
+from neuroattn.errors import ConfigError
 from neuroattn.io.checkpoints import load_checkpoint
 from neuroattn.io.nifti import save_volume, volume_from_array
 from neuroattn.pipelines import load_pipeline_config
@@ -109,6 +110,10 @@ def test_adapting_run_takes_its_prior_weight_from_its_own_config(done: dict[str,
         adapt_brain_it(open_decoding_data(done["data"]), done["brain-it"], "subj02", settings, tmp_path / "prior")
     assert load_checkpoint(tmp_path / "prior" / "final").data_summary["adapt_prior_weight"] == 3.0
     assert load_checkpoint(done["brain-it-2"] / "final").data_summary["adapt_prior_weight"] == 0.0
+    for bad in ("strong", -1.0):
+        with pytest.raises(ConfigError, match="prior_weight"):
+            adapt_brain_it(open_decoding_data(done["data"]), done["brain-it"], "subj02",
+                           replace(settings, model_config={"adapt_prior_weight": bad}), tmp_path / "bad")
 
 
 def test_runs_record_model_subjects_and_untrained_targets(done: dict[str, Path]) -> None:
