@@ -364,9 +364,8 @@ def adapt_new_subject(
     weight = cfg.adapt_prior_weight if prior_weight is None else float(prior_weight)
     prior = None
     if weight > 0:
-        floor = torch.full_like(voxels.embedding, PRIOR_VARIANCE_FLOOR)
-        prior = EmbeddingPrior(subject, voxels.embedding.detach().clone(),
-                               torch.maximum(torch.from_numpy(variance).to(floor), floor), weight)
+        floored = torch.from_numpy(np.maximum(variance, PRIOR_VARIANCE_FLOOR)).to(voxels.embedding)
+        prior = EmbeddingPrior(subject, voxels.embedding.detach().clone(), floored, weight)
     dataset = MultiSubjectTrials([item], cfg)
     summary = dict(ckpt.data_summary)
     summary["subjects"] = dict(summary.get("subjects", {})) | _subject_summary([item])

@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 from neuroattn.decode.base import BrainDecoder, normalize_rows
 from neuroattn.decode.brain_it import BrainITConfig
 from neuroattn.decode.brain_it_training import (
+    PRIOR_VARIANCE_FLOOR,
     BrainITDecoder,
     BrainITSubject,
     BrainITTask,
@@ -194,8 +195,9 @@ def test_adaptation_prior_holds_embeddings_at_their_placement(
     embedding = model.subjects["subj04"].embedding.detach().numpy()
     moved = np.linalg.norm(embedding - start) / np.linalg.norm(start)
     assert moved < 0.01, moved  # free adaptation moves them > 0.05 (test above)
-    prior = EmbeddingPrior("subj04", torch.from_numpy(start), torch.from_numpy(np.maximum(variance, 1e-2)), 2.0)
-    expected = 2.0 * np.mean((embedding.astype(np.float64) - start) ** 2 / np.maximum(variance, 1e-2))
+    floored = np.maximum(variance, PRIOR_VARIANCE_FLOOR)
+    prior = EmbeddingPrior("subj04", torch.from_numpy(start), torch.from_numpy(floored), 2.0)
+    expected = 2.0 * np.mean((embedding.astype(np.float64) - start) ** 2 / floored)
     np.testing.assert_allclose(float(prior.penalty(torch.from_numpy(embedding))), expected, rtol=1e-4)
     with pytest.raises(ConfigError, match="prior_weight"):
         adapt_new_subject(joint_run, new["train"][:FEW], tokens[items], _train_config(tmp_path / "bad", 1, 8, 1e-2),
