@@ -127,18 +127,33 @@ class SubjectVoxels(nn.Module):
 def _segment_weighted_sum(weights: Tensor, values: Tensor, label: Tensor, n_segments: int) -> Tensor:
     """``out[b, k, h] = sum over v with label[v] == k of weights[b, v, h] * values[v, h]``.
 
-    ``weights (B, V, H)``, ``values (V, H, D)`` -> ``(B, K, H, D)``: one small matmul per segment over its
-    contiguous voxels, so nothing of size (B, V, H, D) is built.
+    ``weights (B, V, H)``, ``values (V, H, D)`` -> ``(B, K, H, D)``, in a fixed number of kernels whatever K is
+    (GPU steps are not bound by launching one product per segment). Each segment's voxels are cut into chunks of
+    ``ceil(V / K)``; one batched matmul sums every chunk, and the chunk sums are added into their segment. At
+    most ``V + K`` chunk slots are padding, so memory stays O(B x V x H), never (B, V, H, D) and never padded to
+    the largest segment.
     """
+    n_vox, heads, width = values.shape
+    chunk = max(1, -(-n_vox // n_segments))
+    n_chunks = n_vox // chunk + n_segments + 1  # >= sum over segments of ceil(count / chunk)
     order = torch.argsort(label, stable=True)  # voxels grouped by segment
-    counts = torch.bincount(label, minlength=n_segments).tolist()
-    weights, values = weights[:, order], values[order]
-    out, start = [], 0
-    for count in counts:
-        stop = start + count
-        out.append(torch.einsum("bvh,vhd->bhd", weights[:, start:stop], values[start:stop]))  # zeros when empty
-        start = stop
-    return torch.stack(out, dim=1)  # (B, K, H, D)
+    counts = torch.bincount(label, minlength=n_segments)  # (K,)
+    first = torch.cumsum(counts, 0) - counts  # sorted position of each segment's first voxel
+    rank = torch.empty_like(label)
+    rank[order] = torch.arange(n_vox, device=label.device) - first[label[order]]  # position within its segment
+    per_segment = -(-counts // chunk)  # (K,) chunks of each segment
+    chunk_end = torch.cumsum(per_segment, 0)  # (K,) one past each segment's last chunk
+    chunk_id = (chunk_end - per_segment)[label] + rank // chunk  # (V,)
+    slot = chunk_id * chunk + rank % chunk  # (V,) place in the chunked layout
+    chunks = torch.arange(n_chunks, device=label.device)
+    owner = torch.searchsorted(chunk_end, chunks, right=True).clamp_max(n_segments - 1)  # (n,) segment of a chunk
+    w = weights.new_zeros(weights.shape[0], n_chunks * chunk, heads).index_copy(1, slot, weights)
+    v = values.new_zeros(n_chunks * chunk, heads, width).index_copy(0, slot, values)
+    w = w.unflatten(1, (n_chunks, chunk)).permute(1, 3, 0, 2)  # (n, H, B, chunk)
+    v = v.unflatten(0, (n_chunks, chunk)).permute(0, 2, 1, 3)  # (n, H, chunk, D)
+    sums = torch.matmul(w, v)  # (n, H, B, D); unused chunks are zeros
+    out = sums.new_zeros(n_segments, heads, weights.shape[0], width).index_add(0, owner, sums)  # (K, H, B, D)
+    return out.permute(2, 0, 1, 3)  # (B, K, H, D)
 
 
 class BrainIT(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuroattn.decode.brain_it import BrainIT, BrainITConfig
+from neuroattn.decode.brain_it import BrainIT, BrainITConfig, _segment_weighted_sum
 from neuroattn.errors import ConfigError, InvalidInputError
 
 torch.set_num_threads(1)
@@ -200,3 +200,21 @@ def test_voxel_dropout_only_acts_in_training() -> None:
         BrainITConfig.tiny(mixup_fraction=1.5)
     with pytest.raises(ConfigError, match="adapt_prior_weight"):
         BrainITConfig.tiny(adapt_prior_weight=-0.5)
+
+
+def test_segment_weighted_sum_equals_masked_sum_in_float64() -> None:
+    """Uneven segments (one far above the chunk size, empty ones, singletons) against the defining sum."""
+    gen = torch.Generator().manual_seed(3)
+    label = torch.cat([torch.full((23,), 2), torch.tensor([0, 5, 5, 7]), torch.full((3,), 4)])
+    label = label[torch.randperm(len(label), generator=gen)]  # 30 voxels in 8 segments, 1, 3 and 6 empty
+    weights = torch.randn(4, 30, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    values = torch.randn(30, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    got = _segment_weighted_sum(weights, values, label, 8)
+    onehot = torch.nn.functional.one_hot(label, 8).to(torch.float64)  # (V, K)
+    expected = torch.einsum("bvh,vk,vhd->bkhd", weights, onehot, values)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.count_nonzero(got[:, [1, 3, 6]]) == 0
+    grads = torch.autograd.grad((got * torch.sin(expected.detach())).sum(), (weights, values))
+    refs = torch.autograd.grad((expected * torch.sin(expected.detach())).sum(), (weights, values))
+    for grad, ref in zip(grads, refs, strict=True):
+        torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)
