@@ -9,7 +9,8 @@ class WhitenedPCA:
     """First ``k`` principal components of standardised columns, each score scaled to unit variance.
 
     Fitted on (N, F); :meth:`transform` applies the same centring, column scaling, projection and whitening to
-    new rows, so images outside the fitting set land in the same space.
+    new rows, so images outside the fitting set land in the same space. Each component's sign is fixed (its
+    largest loading positive), so a seeded simulation built on these scores is the same on every LAPACK build.
     """
 
     def __init__(self, k: int) -> None:
@@ -25,7 +26,9 @@ class WhitenedPCA:
         order = np.argsort(evals)[::-1]
         evals, evecs = evals[order], evecs[:, order]
         k = min(self.k, int((evals > 1e-8 * evals[0]).sum()))
-        self.components_ = evecs[:, :k]  # (F, k)
+        components = evecs[:, :k]  # (F, k), each column's sign arbitrary
+        peak = components[np.argmax(np.abs(components), axis=0), np.arange(k)]  # (k,) largest loading of each
+        self.components_ = components * np.where(peak < 0, -1.0, 1.0)
         scores = z @ self.components_  # (N, k)
         self.score_mean_, self.score_sd_ = scores.mean(axis=0), scores.std(axis=0)
         return self

@@ -60,6 +60,23 @@ def test_whitened_pca_transform_extends_to_new_rows():
     np.testing.assert_allclose(pca.transform(x[:5]), scores[:5], atol=1e-10)
 
 
+def test_whitened_pca_scores_do_not_depend_on_the_eigensolvers_signs(monkeypatch):
+    """LAPACK builds may return any eigenvector's negation; the scores (and the simulations on them) must not move."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((150, 9)) @ rng.standard_normal((9, 9))
+    reference = WhitenedPCA(5).fit_transform(x)
+    eigh = np.linalg.eigh
+    flips = np.where(rng.random(9) < 0.5, -1.0, 1.0)
+    flips[[0, -1]] = -1.0  # the two largest components are flipped at least
+
+    def flipped_eigh(a):
+        values, vectors = eigh(a)
+        return values, vectors * flips
+
+    monkeypatch.setattr(np.linalg, "eigh", flipped_eigh)
+    np.testing.assert_allclose(WhitenedPCA(5).fit_transform(x), reference, rtol=0, atol=1e-10)
+
+
 def test_encoding_features_and_exact_text_bridge_for_pooled_space():
     rng = np.random.default_rng(3)
     n, length, dim = 120, 5, 8
