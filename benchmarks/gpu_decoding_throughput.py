@@ -24,19 +24,12 @@ from neuroattn.decode.mindeye import MindEyeConfig
 from neuroattn.decode.mindeye_training import train_mindeye
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.train import TrainConfig
+from neuroattn.train.metrics import seconds_per_step
 
 
 def _train_config(out: Path, steps: int, batch: int, device: str, amp: str) -> TrainConfig:
     return TrainConfig(out_dir=out, max_steps=steps, batch_size=batch, lr=1e-4, device=device, amp=amp,
                        checkpoint_every=0, log_every=1, progress=False, tensorboard=False)
-
-
-def _step_seconds(run: Path, warmup: int) -> float:
-    """Mean seconds per step after ``warmup`` steps, from the trainer's per-step log."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    times = {int(r["step"]): float(r["seconds"]) for r in rows if "seconds" in r}
-    last = max(times)
-    return (times[last] - times[warmup]) / (last - warmup)
 
 
 def _timed(fn, device: str) -> tuple[float, float]:
@@ -67,7 +60,7 @@ def bench_mindeye(args: argparse.Namespace, work: Path) -> dict:
     _, peak = _timed(lambda: train_mindeye(
         betas, tokens, latents, config, _train_config(run, args.warmup + args.steps, args.batch, args.device, args.amp),
         lowlevel_config=low, clip_trained=False, vae_trained=False), args.device)
-    return _row("mindeye", _step_seconds(run, args.warmup), peak, args,
+    return _row("mindeye", seconds_per_step(run, args.warmup), peak, args,
                 {"voxels": v, "tokens": [n_tok, dim], "latents": [lat[0], lat[1], lat[1]]})
 
 
@@ -84,7 +77,7 @@ def bench_brain_it(args: argparse.Namespace, work: Path) -> dict:
     _, peak = _timed(lambda: train_brain_it(
         [(betas, tokens, latents, None, "subj01")], config,
         _train_config(run, args.warmup + args.steps, args.batch, args.device, args.amp)), args.device)
-    return _row("brain-it", _step_seconds(run, args.warmup), peak, args,
+    return _row("brain-it", seconds_per_step(run, args.warmup), peak, args,
                 {"voxels": v, "tokens": [config.n_tokens, config.clip_dim], "clusters": config.n_clusters})
 
 

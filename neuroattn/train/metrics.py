@@ -32,6 +32,16 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def seconds_per_step(run_dir: str | Path, skip: int) -> float:
+    """Mean wall seconds per optimizer step after the first ``skip`` logged steps of a run (warm-up excluded),
+    from the ``seconds`` its rows record; needs a row at step ``skip`` and a later one."""
+    times = {int(r["step"]): float(r["seconds"]) for r in read_rows(Path(run_dir) / JSONL_NAME) if "seconds" in r}
+    last = max(times, default=skip)
+    if skip not in times or last <= skip:
+        raise ValueError(f"{Path(run_dir) / JSONL_NAME}: no timed rows at step {skip} and after it")
+    return (times[last] - times[skip]) / (last - skip)
+
+
 class MetricLogger:
     """Writes one JSON object per row to ``metrics.jsonl`` (append-only while training).
 

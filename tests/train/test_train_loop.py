@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,15 @@ def test_optimizer_yielded_on_an_early_micro_batch_still_steps(tmp_path: Path) -
     for p, p0, g in zip(task.net.parameters(), before, grads, strict=True):
         torch.testing.assert_close(p.detach() - p0, -0.1 * g / 2, rtol=1e-12, atol=1e-15)  # loss / accum
         assert p.grad is None  # nothing is carried into the next step
+
+
+def test_seconds_per_step_reads_the_timed_rows_after_warm_up(tmp_path: Path) -> None:
+    from neuroattn.train.metrics import seconds_per_step
+
+    rows = [{"step": s, "seconds": 5.0 + 0.25 * s, "loss": 1.0} for s in range(1, 21)]
+    rows[0]["seconds"] = 4.0  # a slow first step must not count once skipped
+    lines = [json.dumps(r) for r in rows] + ['{"step": 21, "seco']  # a torn last line is ignored
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines))
+    assert seconds_per_step(tmp_path, skip=5) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no timed rows"):
+        seconds_per_step(tmp_path, skip=20)
