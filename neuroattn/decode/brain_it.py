@@ -129,9 +129,9 @@ def _segment_weighted_sum(weights: Tensor, values: Tensor, label: Tensor, n_segm
 
     ``weights (B, V, H)``, ``values (V, H, D)`` -> ``(B, K, H, D)``, in a fixed number of kernels whatever K is
     (GPU steps are not bound by launching one product per segment). Each segment's voxels are cut into chunks of
-    ``ceil(V / K)``; one batched matmul sums every chunk, and the chunk sums are added into their segment. At
-    most ``V + K`` chunk slots are padding, so memory stays O(B x V x H), never (B, V, H, D) and never padded to
-    the largest segment.
+    ``ceil(V / K)``; one batched matmul sums every chunk, and the chunk sums are added into their segment. The
+    chunked layout has about ``2 V + K`` slots, so memory stays O(B x V x H), never (B, V, H, D) and never padded
+    to the largest segment.
     """
     n_vox, heads, width = values.shape
     chunk = max(1, -(-n_vox // n_segments))
