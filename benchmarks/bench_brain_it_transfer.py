@@ -1,20 +1,23 @@
-"""Brain-IT at a GPU budget on the simulated 8-subject decoding data: joint training, new-subject adaptation.
+"""Brain-IT's transfer between subjects on the simulated 8-subject decoding data, at a chosen budget and device:
+joint training, then new-subject adaptation against training that subject alone.
 
-The GPU machine gets only a data folder's stimuli, cached CLIP features and ``simulation.json``; the subjects'
-betas are simulated again in memory (seeded, so identical to the folder's; the SHA-1 of every subject's betas is
-recorded to prove it). Then, with the package's own entry points (``train_brain_it``, ``adapt_new_subject``,
+A GPU machine needs only a data folder's stimuli, cached CLIP features and ``simulation.json``; the subjects'
+betas are simulated again in memory from its seed (the SHA-1 and mean |beta| of every subject are recorded, so
+draws on two machines can be compared; ``--tuning-axes`` simulates cortex-like tuning shared across subjects
+instead of the folder's setting). Then, with the package's own entry points (``train_brain_it``, ``adapt_new_subject``,
 ``BrainITDecoder``, ``top1_among``):
 
 1. Brain-IT trained jointly on every subject but the last, its step count fitted to ``--budget-s`` from a
    timed probe; top-1 among the 300 test images of the first subject, both ways, and on 300 training images;
 2. the last subject added by training only its voxel embeddings on ``--adapt-fraction`` of its images,
-   against Brain-IT trained on that subject alone on the same images for the same steps.
+   against Brain-IT trained on that subject alone on the same images for the same steps (``--joint-run`` starts
+   here from a finished joint run).
 
 Retrieval only: the low-level branch is off (``latent_channels 0``). Results are written after every stage, so a
 run cut short still returns what it finished.
 
-    python benchmarks/gpu_brain_it.py --data bench_results/decoding8/data --device cuda --out OUT/brain-it.json
-    python benchmarks/gpu_brain_it.py --data bench_results/decoding8/data --quick --out /tmp/brain-it-quick.json
+    python benchmarks/bench_brain_it_transfer.py --data bench_results/decoding8/data --device cuda --out OUT/bit.json
+    python benchmarks/bench_brain_it_transfer.py --data bench_results/decoding8/data --quick --out /tmp/bit.json
 """
 
 from __future__ import annotations
@@ -115,9 +118,9 @@ def train_joint(args: argparse.Namespace, items: list[BrainITSubject], config: B
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(args.data)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="brain-it-gpu-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="brain-it-transfer-"))
     result: dict[str, Any] = {
-        "benchmark": "brain-it-gpu", "device": torch.cuda.get_device_name() if args.device == "cuda"
+        "benchmark": "brain-it-transfer", "device": torch.cuda.get_device_name() if args.device == "cuda"
         else platform.processor() or "cpu", "torch": torch.__version__, "data": str(root), "stages": {},
         "clip": "UNTRAINED tiny random CLIP", "label": "UNTRAINED (targets from a random CLIP)",
     }
