@@ -9,7 +9,8 @@ instead of the folder's setting). Then, with the package's own entry points (``t
 
 1. Brain-IT trained jointly on every subject but the last, its step count fitted to ``--budget-s`` from a
    timed probe; top-1 among the 300 test images of the first subject, both ways, and on 300 training images;
-2. the last subject added by training only its voxel embeddings on ``--adapt-fraction`` of its images,
+2. the last subject placed zero-shot from its voxels' profiles (on that fraction and on all its images), then
+   added by training only its voxel embeddings on ``--adapt-fraction`` of its images,
    against Brain-IT trained on that subject alone on the same images for the same steps (``--joint-run`` starts
    here from a finished joint run).
 
@@ -43,6 +44,7 @@ from neuroattn.decode.brain_it_training import (
     BrainITSubject,
     adapt_new_subject,
     load_brain_it,
+    place_subject,
     train_brain_it,
 )
 from neuroattn.decode.clip_features import ImageFeatures, retrieval_targets
@@ -50,6 +52,7 @@ from neuroattn.decode.data_bundle import FeatureSource, image_features
 from neuroattn.decode.evaluation_run import train_retrieval
 from neuroattn.decode.metrics import top1_among
 from neuroattn.decode.runs import select_fraction
+from neuroattn.decode.voxel_clusters import encoding_profiles
 from neuroattn.io.atomic import atomic_write_text
 from neuroattn.train import TrainConfig
 from neuroattn.train.metrics import seconds_per_step
@@ -76,17 +79,33 @@ def training_subject(subject: SubjectData, features: ImageFeatures, fraction: fl
     return BrainITSubject(betas[keep], features.tokens[ids[keep]], None, None, subject.subject)
 
 
-def scores(run: Path, subject: SubjectData, features: ImageFeatures, device: str,
+def scores(decoder: BrainITDecoder, subject: SubjectData, features: ImageFeatures,
            fraction: float = 1.0) -> dict[str, float]:
     """Top-1 among the 300 test images and among 300 of the trained-on images (both repeat-averaged, as
     ``decode evaluate``), both ways."""
-    decoder = BrainITDecoder.load(run, subject.subject, device=device, batch_size=256)
     betas, ids = subject.averaged(test=True)
     test = top1_among(decoder.brain_embeddings(betas), retrieval_targets(features.subset(ids)))
     _, train_ids = subject.trials(test=False)
     keep = select_fraction(train_ids, fraction, seed=0)
     train = train_retrieval(decoder, *subject.averaged(test=False, keep=keep), features)
     return {"top1_brain_to_image": test["brain_to_image"], "top1_image_to_brain": test["image_to_brain"]} | train
+
+
+def run_scores(run: Path, subject: SubjectData, features: ImageFeatures, device: str,
+               fraction: float = 1.0) -> dict[str, float]:
+    """:func:`scores` of ``subject``'s decoder in a finished run."""
+    return scores(BrainITDecoder.load(run, subject.subject, device=device, batch_size=256), subject, features,
+                  fraction)
+
+
+def placed_scores(joint_dir: Path, item: BrainITSubject, subject: SubjectData, features: ImageFeatures,
+                  device: str, fraction: float) -> dict[str, float]:
+    """:func:`scores` of a new subject whose voxels are only placed from their profiles (zero-shot transfer)."""
+    model, clusters, _ = load_brain_it(joint_dir)
+    profiles = encoding_profiles(item.betas, item.tokens[:, 0], alpha=model.config.profile_alpha)
+    place_subject(model, clusters, profiles, subject.subject)
+    decoder = BrainITDecoder(model, subject.subject, trained=False, device=device, batch_size=256)
+    return scores(decoder, subject, features, fraction)
 
 
 def _train_config(out: Path, steps: int, args: argparse.Namespace, batch: int, lr: float,
@@ -154,28 +173,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         joint_dir = work / "joint"
         train_joint(args, items, config, work, result)
-    result["joint"][joint[0].subject] = scores(joint_dir, joint[0], features, args.device)
+    result["joint"][joint[0].subject] = run_scores(joint_dir, joint[0], features, args.device)
     print(f"joint: {joint[0].subject}: {result['joint'][joint[0].subject]}", flush=True)
     save()
 
     few = training_subject(new, features, args.adapt_fraction)
+    stages = [name.strip() for name in args.stages.split(",") if name.strip()]
+    if "placed" in stages:  # zero-shot: voxels placed from their profiles, nothing trained
+        for name, item, fraction in (("placed", few, args.adapt_fraction),
+                                     ("placed_full", training_subject(new, features), 1.0)):
+            result["stages"][name] = {"subject": new.subject, "fraction": fraction, "trials": len(item.betas),
+                                      "steps": 0} | placed_scores(joint_dir, item, new, features, args.device, fraction)
+            print(f"{name}: {result['stages'][name]}", flush=True)
+        save()
     runs = {
-        "adapted": lambda out, cfg: adapt_new_subject(joint_dir, few.betas, few.tokens, cfg, subject=new.subject),
-        "alone": lambda out, cfg: train_brain_it([few], config, cfg),
+        "adapted": lambda cfg: adapt_new_subject(joint_dir, few.betas, few.tokens, cfg, subject=new.subject),
+        "alone": lambda cfg: train_brain_it([few], config, cfg),
     }
     for name, fit in runs.items():
+        if name not in stages:
+            continue
         begin = time.perf_counter()
-        cfg = _train_config(work / name, args.adapt_steps, args, args.adapt_batch, args.adapt_lr, 100)
-        fit(work / name, cfg)
+        fit(_train_config(work / name, args.adapt_steps, args, args.adapt_batch, args.adapt_lr, 100))
         result["stages"][name] = {"subject": new.subject, "fraction": args.adapt_fraction,
                                   "trials": len(few.betas), "steps": args.adapt_steps,
                                   "train_s": round(time.perf_counter() - begin, 1)}
-        result["stages"][name] |= scores(work / name, new, features, args.device, args.adapt_fraction)
+        result["stages"][name] |= run_scores(work / name, new, features, args.device, args.adapt_fraction)
         print(f"{name}: {result['stages'][name]}", flush=True)
         save()
-    both = ("top1_brain_to_image", "top1_image_to_brain")
-    adapted, alone = result["stages"]["adapted"], result["stages"]["alone"]
-    result["adaptation_beats_alone_top1_both"] = all(adapted[k] > alone[k] for k in both)
+    if {"adapted", "alone"} <= set(result["stages"]):
+        both = ("top1_brain_to_image", "top1_image_to_brain")
+        adapted, alone = result["stages"]["adapted"], result["stages"]["alone"]
+        result["adaptation_beats_alone_top1_both"] = all(adapted[k] > alone[k] for k in both)
     result["total_s"] = round(time.perf_counter() - start, 1)
     save()
     return result
@@ -202,6 +231,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100_000, help="joint steps (the most, with --budget-s)")
     p.add_argument("--budget-s", type=float, default=300.0, help="seconds of joint training; 0 = --steps as given")
     p.add_argument("--probe-steps", type=int, default=30)
+    p.add_argument("--stages", default="placed,adapted,alone",
+                   help="new-subject stages: placed (zero-shot, at the fraction and on all images), adapted, alone")
     p.add_argument("--adapt-fraction", type=float, default=0.1)
     p.add_argument("--adapt-steps", type=int, default=1000)
     p.add_argument("--adapt-batch", type=int, default=64)

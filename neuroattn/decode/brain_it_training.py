@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from neuroattn.decode.base import as_betas, normalize_rows
-from neuroattn.decode.brain_it import BrainIT, BrainITConfig, BrainITOutput
+from neuroattn.decode.brain_it import BrainIT, BrainITConfig, BrainITOutput, SubjectVoxels
 from neuroattn.decode.contrastive import MixupBatch, bimixco_loss, bimixco_steps, mixup_voxels, soft_clip_loss
 from neuroattn.decode.voxel_clusters import VoxelClusters, encoding_profiles, fit_voxel_clusters
 from neuroattn.errors import CheckpointError, ConfigError, InvalidInputError
@@ -317,6 +317,19 @@ def load_brain_it(run_dir: str | Path) -> tuple[BrainIT, VoxelClusters, Checkpoi
     return model.eval(), clusters, ckpt
 
 
+def place_subject(
+    model: BrainIT, clusters: VoxelClusters, profiles: np.ndarray, subject: str
+) -> tuple[SubjectVoxels, np.ndarray]:
+    """Add ``subject`` to ``model`` with its voxels placed from their profiles ``(V, F)`` alone, no training.
+
+    Each voxel joins its most likely mixture cluster and starts from its posterior-mean embedding, the profile
+    noise added to every cluster's variance (:meth:`VoxelClusters.posterior`). Returns the subject's module and
+    the posterior variance ``(V, embed_dim)`` of the placement.
+    """
+    labels, start, variance = clusters.posterior(clusters.embed(profiles))
+    return model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels)), variance
+
+
 def adapt_new_subject(
     run_dir: str | Path,
     betas: np.ndarray,
@@ -358,8 +371,7 @@ def adapt_new_subject(
         raise InvalidInputError(f"profiles of {subject!r} have {item.profiles.shape[1]} features; the run's clusters "
                                 f"were fitted on {clusters.n_features}")
     model.requires_grad_(False)
-    labels, start, variance = clusters.posterior(clusters.embed(item.profiles))
-    voxels = model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels))
+    voxels, variance = place_subject(model, clusters, item.profiles, subject)
     voxels.embedding.requires_grad_(True)
     weight = cfg.adapt_prior_weight if prior_weight is None else float(prior_weight)
     prior = None
@@ -454,5 +466,6 @@ __all__ = [
     "adapt_new_subject",
     "brain_it_loss",
     "load_brain_it",
+    "place_subject",
     "train_brain_it",
 ]
