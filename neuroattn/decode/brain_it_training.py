@@ -326,6 +326,9 @@ def place_subject(
     noise added to every cluster's variance (:meth:`VoxelClusters.posterior`). Returns the subject's module and
     the posterior variance ``(V, embed_dim)`` of the placement.
     """
+    if profiles.ndim != 2 or profiles.shape[1] != clusters.n_features:
+        raise InvalidInputError(f"profiles of {subject!r} must be (V, {clusters.n_features}) as the run's clusters "
+                                f"were fitted on, got {profiles.shape}")
     labels, start, variance = clusters.posterior(clusters.embed(profiles))
     return model.add_subject(subject, torch.from_numpy(start), torch.from_numpy(labels)), variance
 
@@ -367,9 +370,6 @@ def adapt_new_subject(
     model, clusters, ckpt = load_brain_it(run_dir)
     cfg = model.config
     item = _check_subject(0, (betas, tokens, latents, profiles, subject), cfg)
-    if item.profiles.shape[1] != clusters.n_features:
-        raise InvalidInputError(f"profiles of {subject!r} have {item.profiles.shape[1]} features; the run's clusters "
-                                f"were fitted on {clusters.n_features}")
     model.requires_grad_(False)
     voxels, variance = place_subject(model, clusters, item.profiles, subject)
     voxels.embedding.requires_grad_(True)
