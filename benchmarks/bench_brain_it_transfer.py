@@ -18,7 +18,7 @@ Retrieval only: the low-level branch is off (``latent_channels 0``). Results are
 run cut short still returns what it finished.
 
     python benchmarks/bench_brain_it_transfer.py --data bench_results/decoding8/data --device cuda --out OUT/bit.json
-    python benchmarks/bench_brain_it_transfer.py --data bench_results/decoding8/data --quick --out /tmp/bit.json
+    python benchmarks/bench_brain_it_transfer.py --data bench_results/decoding8/data --quick --out bench_results/q.json
 """
 
 from __future__ import annotations
