@@ -30,6 +30,9 @@ class BrainITConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     voxel_dropout: float = 0.0  # share of voxel activations zeroed (rest rescaled) in training, as MindEye's input
+    # >0: hidden width of an MLP from all cluster tokens together that seeds the output queries, so each cluster
+    # gets weights of its own (attention alone pools clusters with shared weights); 0: off, as published
+    global_readout: int = 0
     n_tokens: int = 256  # localized semantic output tokens (published: 256 OpenCLIP tokens)
     clip_dim: int = 1280  # width of each target CLIP token (OpenCLIP ViT-bigG/14 joint space)
     latent_channels: int = 4  # VAE latent channels of the low-level branch; 0 disables it
@@ -55,8 +58,10 @@ class BrainITConfig:
                 raise ConfigError(f"'{name}' must be a positive integer. {value!r} was provided.")
         if self.dim % self.heads:
             raise ConfigError(f"'dim' ({self.dim}) must be divisible by 'heads' ({self.heads})")
-        if not isinstance(self.projector_dim, int) or self.projector_dim < 0:
-            raise ConfigError(f"'projector_dim' must be an integer >= 0. {self.projector_dim!r} was provided.")
+        for name in ("projector_dim", "global_readout"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"'{name}' must be an integer >= 0. {value!r} was provided.")
         if self.latent_channels < 0:
             raise ConfigError(f"'latent_channels' must be >= 0. {self.latent_channels!r} was provided.")
         if self.latent_channels and self.latent_size % self.latent_grid:
@@ -165,7 +170,9 @@ class BrainIT(nn.Module):
     voxel -> cluster edges; a learned null key keeps empty clusters defined), giving K cluster tokens. Then
     ``depth`` interaction layers alternate self-attention among cluster tokens with output queries that attend
     to each other and cross-attend to the cluster tokens. ``n_tokens`` queries become CLIP tokens; with a
-    low-level branch ``latent_grid**2`` more queries each decode a patch of the VAE latents.
+    low-level branch ``latent_grid**2`` more queries each decode a patch of the VAE latents. With
+    ``global_readout`` the queries start from an MLP of all cluster tokens flattened: attention reads the clusters
+    through weights shared by every cluster, so it cannot form a cluster-specific linear read-out by itself.
 
     Parameters
     ----------
@@ -188,6 +195,10 @@ class BrainIT(nn.Module):
         self.pool_norm = nn.LayerNorm(d)
         n_latent = config.latent_grid**2 if config.latent_channels else 0
         self.queries = nn.Parameter(torch.randn(config.n_tokens + n_latent, d) * 0.02)
+        r = config.global_readout
+        self.readout = nn.Sequential(
+            nn.Linear(k * d, r), nn.LayerNorm(r), nn.GELU(), nn.Linear(r, (config.n_tokens + n_latent) * d)
+        ) if r else None
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()
         self.cluster_blocks = nn.ModuleList(
             TransformerBlock(d, config.heads, mlp_ratio=config.mlp_ratio, drop_path=r) for r in rates
@@ -282,6 +293,8 @@ class BrainIT(nn.Module):
         """Cluster tokens ``(B, K, dim)`` (any mix of subjects) -> output query tokens ``(B, Q, dim)``,
         ``Q = n_tokens [+ latent_grid**2]``, after the interaction layers."""
         queries = self.queries[None].expand(clusters.shape[0], -1, -1)  # (B, Q, d)
+        if self.readout is not None:  # per-cluster weights; everything below treats the clusters as a set
+            queries = queries + self.readout(clusters.flatten(1)).view_as(queries)
         for cluster_block, query_block in zip(self.cluster_blocks, self.query_blocks, strict=True):
             clusters = cluster_block(clusters)
             queries = query_block(queries, context=clusters)

@@ -218,3 +218,33 @@ def test_segment_weighted_sum_equals_masked_sum_in_float64() -> None:
     refs = torch.autograd.grad((expected * torch.sin(expected.detach())).sum(), (weights, values))
     for grad, ref in zip(grads, refs, strict=True):
         torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_global_readout_gives_each_cluster_its_own_weights() -> None:
+    """Attention reads the cluster tokens as a set: permuting them leaves the output queries unchanged. The
+    global read-out gives every cluster weights of its own, so the same permutation moves the outputs, and it is
+    the only change from a model without it (same output when its last layer is zero)."""
+    gen = torch.Generator().manual_seed(3)
+    clusters = torch.randn(2, 8, 32, generator=gen, dtype=torch.float64)
+    perm = torch.randperm(8, generator=gen)
+    plain = _model().double()
+    torch.testing.assert_close(plain.interact(clusters[:, perm]), plain.interact(clusters), rtol=1e-12, atol=1e-12)
+    labels = plain.subjects["subj01"].cluster
+    torch.manual_seed(0)
+    model = BrainIT(_config(global_readout=16), {"subj01": (plain.subjects["subj01"].embedding, labels)})
+    model = model.double().eval()
+    shift = (model.interact(clusters[:, perm]) - model.interact(clusters)).abs().amax()
+    assert shift > 1e-3
+    out = model.train()("subj01", torch.randn(3, 40, dtype=torch.float64))
+    out.tokens.square().mean().backward()
+    assert all(p.grad is not None and p.grad.any() for p in model.readout.parameters())
+    model.eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("readout.")}
+    plain.load_state_dict(state)
+    last = model.readout[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    torch.testing.assert_close(model.interact(clusters), plain.interact(clusters), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="global_readout"):
+        BrainITConfig.tiny(global_readout=-1)
