@@ -161,7 +161,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_tokens, clip_dim = features.tokens.shape[1:]
     config = BrainITConfig(n_clusters=args.clusters, embed_dim=args.embed_dim, dim=args.dim, heads=args.heads,
                            depth=args.depth, n_tokens=n_tokens, clip_dim=clip_dim, latent_channels=0,
-                           contrastive_weight=args.contrastive_weight, mixup_fraction=args.mixup_fraction)
+                           contrastive_weight=args.contrastive_weight, mixup_fraction=args.mixup_fraction,
+                           temperature=args.temperature, projector_dim=args.projector_dim,
+                           global_readout=args.global_readout)
     result["config"] = config.to_dict()
     items = [training_subject(s, features) for s in joint]
 
@@ -225,6 +227,10 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--contrastive-weight", type=float, default=4.0)
     p.add_argument("--mixup-fraction", type=float, default=0.33)
+    p.add_argument("--temperature", type=float, default=0.05, help="SoftCLIP temperature (brain-it-small: 0.01)")
+    p.add_argument("--projector-dim", type=int, default=0, help="retrieval projector width (brain-it-small: 256)")
+    p.add_argument("--global-readout", type=int, default=0,
+                   help="hidden width of the read-out from all cluster tokens (brain-it-small: 256; 0 = off)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=300)

@@ -323,6 +323,7 @@ def test_decoder_configs_build_their_models(name: str) -> None:
         config = BrainITConfig.from_dict(base.to_dict() | shape | settings.model_config)
         assert config.n_clusters == (128 if published else 32) and config.depth == (6 if published else 2)
         assert config.n_clusters * config.embed_dim >= 1024  # what cluster tokens carry (see brain-it-small.yaml)
+        assert config.global_readout == (0 if published else 256)  # published: attention read-out alone
 
 
 def test_trained_images_follow_the_runs_train_fraction(done: dict[str, Path]) -> None:
