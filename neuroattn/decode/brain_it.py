@@ -195,10 +195,10 @@ class BrainIT(nn.Module):
         self.pool_norm = nn.LayerNorm(d)
         n_latent = config.latent_grid**2 if config.latent_channels else 0
         self.queries = nn.Parameter(torch.randn(config.n_tokens + n_latent, d) * 0.02)
-        r = config.global_readout
-        self.readout = nn.Sequential(
-            nn.Linear(k * d, r), nn.LayerNorm(r), nn.GELU(), nn.Linear(r, (config.n_tokens + n_latent) * d)
-        ) if r else None
+        width = config.global_readout
+        self.readout = nn.Sequential(  # all K cluster tokens flattened -> a start for every output query
+            nn.Linear(k * d, width), nn.LayerNorm(width), nn.GELU(), nn.Linear(width, (config.n_tokens + n_latent) * d)
+        ) if width else None
         rates = torch.linspace(0, config.drop_path, config.depth).tolist()
         self.cluster_blocks = nn.ModuleList(
             TransformerBlock(d, config.heads, mlp_ratio=config.mlp_ratio, drop_path=r) for r in rates
