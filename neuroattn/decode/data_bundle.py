@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from neuroattn.io.atomic import atomic_path, atomic_write_text
 
 FEATURES_DIR = "features"
 GENERATOR_DIR = "generator"  # offline image generator trained on the stimuli: autoencoder/ and variation/
+DATASET_SUMMARY = "dataset.json"  # written by ``decode simulate``: settings, CLIP, generator
 
 
 @dataclass
@@ -35,14 +36,34 @@ class FeatureSource:
     clip_weights: str | None = None  # open_clip checkpoint file; None = tiny random CLIP (untrained)
     clip_model: str = "ViT-L-14"  # open_clip architecture of clip_weights
     vae_path: str | None = None  # diffusers AutoencoderKL folder; None = the data folder's trained generator
-    seed: int = 0  # seed of the tiny random CLIP
+    # seed of the tiny random CLIP; None: the one the data folder was simulated with, whose features its
+    # responses and generator were made from (a training seed must not swap the targets for another random CLIP)
+    seed: int | None = None
+
+    def resolved(self, root: str | Path) -> FeatureSource:
+        """This source with ``seed`` filled in from the data folder ``root`` when it is None."""
+        return self if self.seed is not None else replace(self, seed=data_clip_seed(root))
 
     def clip_key(self) -> str:
         """A short name of the CLIP extractor, used for its cache file."""
         if self.clip_weights is None:
-            return f"tiny-seed{self.seed}"
+            return f"tiny-seed{0 if self.seed is None else self.seed}"
         digest = hashlib.sha1(f"{Path(self.clip_weights).resolve()}|{self.clip_model}".encode()).hexdigest()[:10]
         return f"{self.clip_model}-{digest}"
+
+
+def data_clip_seed(root: str | Path) -> int:
+    """Seed of the tiny random CLIP a data folder was simulated with (``dataset.json``), 0 when not recorded."""
+    path = Path(root) / DATASET_SUMMARY
+    if not path.is_file():
+        return 0
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        clip = summary.get("clip") or {}
+        seed = clip["seed"] if "seed" in clip else (summary.get("settings") or {}).get("seed", 0)
+        return int(seed)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInputError(f"unreadable {DATASET_SUMMARY} ({exc})", path) from None
 
 
 @dataclass
@@ -114,6 +135,7 @@ def image_features(
     root: Path, stimuli: StimulusSet, source: FeatureSource, *, device: str = "cpu", progress: bool = False
 ) -> tuple[ImageFeatures, dict[str, Any]]:
     """CLIP features of every stimulus, computed once and cached in ``root/features/clip-<key>.safetensors``."""
+    source = source.resolved(root)
     path = Path(root) / FEATURES_DIR / f"clip-{source.clip_key()}.safetensors"
     cached = _load_arrays(path, len(stimuli))
     if cached is not None:
@@ -165,7 +187,7 @@ def open_decoding_data(
     if not (root / "stimuli.hdf5").is_file():
         raise InvalidInputError("not a decoding data folder (no stimuli.hdf5; make one with `neuroattn decode "
                                 "simulate`)", root)
-    source = source or FeatureSource()
+    source = (source or FeatureSource()).resolved(root)
     stimuli = load_stimuli(root)
     features, info = image_features(root, stimuli, source, device=device, progress=progress)
     return DecodingData(root=root, stimuli=stimuli, features=features, clip_info=info, source=source)

@@ -18,7 +18,13 @@ from neuroattn.data.nsd_simulation import NSDSimulationConfig, save_simulated_ns
 from neuroattn.data.stimuli import build_stimulus_set
 from neuroattn.decode.autoencoder import LoadedAutoencoder, decode_latents
 from neuroattn.decode.base import BrainDecoder
-from neuroattn.decode.data_bundle import GENERATOR_DIR, DecodingData, FeatureSource, image_features
+from neuroattn.decode.data_bundle import (
+    DATASET_SUMMARY,
+    GENERATOR_DIR,
+    DecodingData,
+    FeatureSource,
+    image_features,
+)
 from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.atomic import atomic_write_text
 
@@ -97,11 +103,11 @@ def simulate_dataset(out_dir: str | Path, settings: SimulateSettings, *, progres
         "subjects": {s.subject: s.n_voxels for s in sim.subjects},
         "median_noise_ceiling": {s.subject: float(np.median(t.noise_ceiling))
                                  for s, t in zip(sim.subjects, sim.truth, strict=True)},
-        "clip": {k: clip_info.get(k) for k in ("trained", "source")},
+        "clip": {k: clip_info.get(k) for k in ("trained", "source")} | {"seed": settings.feature_source().seed},
         "generator": generator,
         "settings": asdict(settings),
     }
-    atomic_write_text(out_dir / "dataset.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / DATASET_SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -8,7 +8,7 @@ evaluation can find the same data and targets again.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,8 @@ class DecodeSettings:
             raise ConfigError(f"'train_fraction' must be in (0, 1]. {self.train_fraction!r} was provided.")
 
     def feature_source(self) -> FeatureSource:
-        return FeatureSource(clip_weights=self.clip_weights, clip_model=self.clip_model, vae_path=self.vae_path,
-                             seed=self.seed)
+        """The CLIP and autoencoder of the targets; a tiny random CLIP is the data folder's own, whatever ``seed``."""
+        return FeatureSource(clip_weights=self.clip_weights, clip_model=self.clip_model, vae_path=self.vae_path)
 
     def train_config(self, out_dir: Path, progress: bool) -> Any:
         from neuroattn.train import TrainConfig
@@ -129,7 +129,8 @@ def _write_info(out_dir: Path, data: DecodingData, settings: DecodeSettings, sub
         "model": settings.model,
         "data_root": str(Path(data.root).resolve()),
         "subjects": subjects,
-        "clip": {k: data.clip_info.get(k) for k in ("trained", "source", "dim", "n_tokens")},
+        "clip": {k: data.clip_info.get(k) for k in ("trained", "source", "dim", "n_tokens")}
+        | {"seed": data.source.seed},  # the tiny random CLIP's seed (ignored with clip_weights)
         "latents": None if latent_info is None else {k: latent_info.get(k) for k in ("trained", "source", "shape")},
         "settings": asdict(settings),
     } | (extra or {})
@@ -216,6 +217,10 @@ def adapt_brain_it(data: DecodingData, base_run: str | Path, subject: str, setti
     info = read_run_info(base_run)
     if info.get("model") != "brain-it":
         raise ConfigError(f"{base_run}: new-subject adaptation needs a Brain-IT run, not {info.get('model')!r}")
+    trained_on, offered = run_feature_source(info).clip_key(), data.source.clip_key()
+    if trained_on != offered:
+        raise ConfigError(f"{base_run}: the run learned CLIP targets {trained_on!r}, the data is opened with "
+                          f"{offered!r}; adapt with the run's clip_weights / clip_model")
     if subject in info.get("subjects", []):
         raise ConfigError(f"{subject!r} is already one of the run's training subjects")
     out_dir = Path(out_dir)
@@ -274,13 +279,20 @@ def trained_images(run_dir: str | Path, subject: SubjectData) -> tuple[np.ndarra
     return subject.averaged(test=False, keep=keep)
 
 
+def run_feature_source(info: dict[str, Any]) -> FeatureSource:
+    """The feature extractors a run learned its targets from (``decode_run.json`` contents): its settings' CLIP and
+    autoencoder, with the tiny random CLIP's seed it recorded (runs that recorded none used their training seed)."""
+    settings = DecodeSettings(**info["settings"])
+    clip = info.get("clip") or {}
+    return replace(settings.feature_source(), seed=clip.get("seed", settings.seed))
+
+
 def open_run(run_dir: str | Path, data: str | Path | None = None, subject: str | None = None, *,
              progress: bool = False) -> tuple[DecodingData, str, BrainDecoder]:
     """A run's data folder (``data`` or the run's own, with the run's feature extractors), subject and decoder."""
     from neuroattn.decode.data_bundle import open_decoding_data
 
     info = read_run_info(run_dir)
-    settings = DecodeSettings(**info["settings"])
-    bundle = open_decoding_data(data or info["data_root"], settings.feature_source(), progress=progress)
+    bundle = open_decoding_data(data or info["data_root"], run_feature_source(info), progress=progress)
     subject = subject or info["subjects"][0]
     return bundle, subject, load_decoder(run_dir, subject)

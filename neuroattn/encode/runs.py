@@ -81,11 +81,12 @@ class EncodeSettings:
         groups = subject.roi[voxels] if pooling.within_rois else None
         return VoxelLayout.from_affine(subject.voxel_ijk[voxels], subject.affine, groups)
 
-    def feature_source(self) -> FeatureSource:
-        return FeatureSource(clip_weights=self.clip_weights, clip_model=self.clip_model, seed=self.seed)
+    def feature_source(self, clip_seed: int | None = None) -> FeatureSource:
+        """The image CLIP; a tiny random one is the data folder's own (``clip_seed`` None), whatever ``seed``."""
+        return FeatureSource(clip_weights=self.clip_weights, clip_model=self.clip_model, seed=clip_seed)
 
-    def open_data(self, root: str | Path, progress: bool = False) -> EncodingData:
-        return open_encoding_data(root, self.feature_source(), kind=self.features, n_clip=self.n_clip,
+    def open_data(self, root: str | Path, progress: bool = False, clip_seed: int | None = None) -> EncodingData:
+        return open_encoding_data(root, self.feature_source(clip_seed), kind=self.features, n_clip=self.n_clip,
                                   n_lowlevel=self.n_lowlevel, progress=progress)
 
 
@@ -260,7 +261,8 @@ def fit_encoder(data: EncodingData, settings: EncodeSettings, out: str | Path, *
                                 bool(hyper.trained and data.clip_trained), info)
     encoder.save(out / "encoder")
     run_info = {"model": settings.model, "data": str(Path(data.root).resolve()), "subject": name,
-                "n_voxels": len(voxels), "features": data.features.info, "settings": asdict(settings)}
+                "n_voxels": len(voxels), "features": data.features.info, "settings": asdict(settings),
+                "clip_seed": data.decoding.source.seed}
     atomic_write_text(out / RUN_INFO, json.dumps(run_info, indent=2) + "\n")
     if settings.model == "lavca":
         from neuroattn.encode.run_outputs import write_captions
@@ -281,7 +283,8 @@ def open_run(run: str | Path, data_root: str | Path | None = None, *, progress: 
     """Reopen a run folder with its data folder (or ``data_root``), subject and encoder."""
     info = read_run_info(run)
     settings = EncodeSettings(**info["settings"])
-    data = settings.open_data(data_root or info["data"], progress=progress)
+    clip_seed = info.get("clip_seed", settings.seed)  # runs that recorded none used their training seed
+    data = settings.open_data(data_root or info["data"], progress=progress, clip_seed=clip_seed)
     encoder = LinearEncoder.load(Path(run) / "encoder")
     subject = data.subject(info["subject"])
     if encoder.weights.shape[0] != data.features.dim or encoder.voxels.max(initial=-1) >= subject.n_voxels:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from neuroattn.cli import app
 from neuroattn.data.nsd import load_subject
 from neuroattn.decode.brain_it import BrainITConfig
-from neuroattn.decode.data_bundle import open_decoding_data
+from neuroattn.decode.data_bundle import FeatureSource, data_clip_seed, open_decoding_data
 from neuroattn.decode.mindeye import MindEyeConfig
 from neuroattn.decode.pipeline import SimulateSettings
-from neuroattn.decode.runs import DecodeSettings, adapt_brain_it
-from neuroattn.errors import ConfigError
+from neuroattn.decode.runs import DecodeSettings, adapt_brain_it, open_run, run_feature_source
+from neuroattn.errors import ConfigError, InvalidInputError
 from neuroattn.io.checkpoints import load_checkpoint
 from neuroattn.io.nifti import save_volume, volume_from_array
 from neuroattn.pipelines import load_pipeline_config
@@ -114,6 +114,39 @@ def test_adapting_run_takes_its_prior_weight_from_its_own_config(done: dict[str,
         with pytest.raises(ConfigError, match="prior_weight"):
             adapt_brain_it(open_decoding_data(done["data"]), done["brain-it"], "subj02",
                            replace(settings, model_config={"adapt_prior_weight": bad}), tmp_path / "bad")
+
+
+def test_training_seed_keeps_the_data_folders_clip(done: dict[str, Path], tmp_path: Path) -> None:
+    """The simulated responses and generator come from the folder's tiny random CLIP; a decoder trained with
+    another seed must learn those same targets, and adapting must use the base run's CLIP."""
+    assert json.loads((done["data"] / "dataset.json").read_text())["clip"]["seed"] == 0 == data_clip_seed(done["data"])
+    own = open_decoding_data(done["data"])
+    reseeded = open_decoding_data(done["data"], DecodeSettings(model="ridge", seed=5).feature_source())
+    assert reseeded.source.seed == own.source.seed == 0
+    assert np.array_equal(reseeded.features.tokens, own.features.tokens)
+    assert not (done["data"] / "features" / "clip-tiny-seed5.json").exists()
+    assert json.loads((done["brain-it"] / "decode_run.json").read_text())["clip"]["seed"] == 0
+    assert open_run(done["ridge"])[0].source.seed == 0
+    settings = asdict(DecodeSettings(model="ridge", seed=4))
+    assert run_feature_source({"settings": settings, "clip": {"trained": False}}).seed == 4  # recorded none: its seed
+    assert run_feature_source({"settings": settings, "clip": {"seed": 0}}).seed == 0
+    other = open_decoding_data(done["data"], FeatureSource(seed=1))  # a different random CLIP, chosen explicitly
+    assert not np.array_equal(other.features.tokens, own.features.tokens)
+    with pytest.raises(ConfigError, match=r"CLIP targets 'tiny-seed0'.*'tiny-seed1'"):
+        adapt_brain_it(other, done["brain-it"], "subj02", DecodeSettings(model="brain-it", steps=1), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_data_clip_seed_reads_the_simulation_summary(tmp_path: Path) -> None:
+    assert data_clip_seed(tmp_path) == 0  # nothing recorded (imported NSD, older folders)
+    summary = tmp_path / "dataset.json"
+    summary.write_text(json.dumps({"settings": {"seed": 7}, "clip": {"trained": False}}))
+    assert data_clip_seed(tmp_path) == 7 == FeatureSource().resolved(tmp_path).seed
+    summary.write_text(json.dumps({"settings": {"seed": 7}, "clip": {"seed": 3}}))
+    assert data_clip_seed(tmp_path) == 3 and FeatureSource(seed=9).resolved(tmp_path).seed == 9
+    summary.write_text(json.dumps({"clip": {"seed": "three"}}))
+    with pytest.raises(InvalidInputError, match="unreadable dataset"):
+        data_clip_seed(tmp_path)
 
 
 def test_runs_record_model_subjects_and_untrained_targets(done: dict[str, Path]) -> None:

@@ -74,6 +74,25 @@ def test_shipped_encode_configs_validate(path: Path) -> None:
     assert set(settings.meta_training) <= known, set(settings.meta_training) - known
 
 
+def test_encoding_seed_keeps_the_data_folders_clip(done: dict[str, Path], tmp_path: Path) -> None:
+    """The responses were simulated from the folder's tiny random CLIP: another encoding seed keeps those features;
+    a run that recorded no CLIP seed reopens with the one it was fitted with (its own seed)."""
+    assert EncodeSettings(seed=3).feature_source().seed is None
+    run = open_run(done["ridge"])
+    recorded = json.loads((done["ridge"] / "encode_run.json").read_text())["clip_seed"]
+    assert recorded == 0 == run.data.decoding.source.seed
+    reseeded = EncodeSettings(seed=3).open_data(done["data"])
+    assert np.array_equal(reseeded.features.values, run.data.features.values)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    info = json.loads((done["ridge"] / "encode_run.json").read_text())
+    info.pop("clip_seed")
+    info["settings"]["seed"] = 2
+    (legacy / "encode_run.json").write_text(json.dumps(info))
+    (legacy / "encoder").symlink_to(done["ridge"] / "encoder", target_is_directory=True)
+    assert open_run(legacy).data.decoding.source.seed == 2
+
+
 def test_ridge_run_scores_equal_the_api_and_maps_hold_them(done: dict[str, Path]) -> None:
     run = open_run(done["ridge"])
     x, s = run.data.features.values, run.subject
