@@ -45,9 +45,11 @@ class FeatureSource:
         return self if self.seed is not None else replace(self, seed=data_clip_seed(root))
 
     def clip_key(self) -> str:
-        """A short name of the CLIP extractor, used for its cache file."""
+        """A short name of the CLIP extractor, used for its cache file (a tiny CLIP's seed :meth:`resolved`)."""
         if self.clip_weights is None:
-            return f"tiny-seed{0 if self.seed is None else self.seed}"
+            if self.seed is None:
+                raise ValueError("resolve the tiny CLIP's seed against its data folder first (FeatureSource.resolved)")
+            return f"tiny-seed{self.seed}"
         digest = hashlib.sha1(f"{Path(self.clip_weights).resolve()}|{self.clip_model}".encode()).hexdigest()[:10]
         return f"{self.clip_model}-{digest}"
 

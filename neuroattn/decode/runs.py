@@ -217,7 +217,7 @@ def adapt_brain_it(data: DecodingData, base_run: str | Path, subject: str, setti
     info = read_run_info(base_run)
     if info.get("model") != "brain-it":
         raise ConfigError(f"{base_run}: new-subject adaptation needs a Brain-IT run, not {info.get('model')!r}")
-    trained_on, offered = run_feature_source(info).clip_key(), data.source.clip_key()
+    trained_on, offered = (src.resolved(data.root).clip_key() for src in (run_feature_source(info), data.source))
     if trained_on != offered:
         raise ConfigError(f"{base_run}: the run learned CLIP targets {trained_on!r}, the data is opened with "
                           f"{offered!r}; adapt with the run's clip_weights / clip_model")
