@@ -7,8 +7,9 @@ draws on two machines can be compared; ``--tuning-axes`` simulates cortex-like t
 instead of the folder's setting). Then, with the package's own entry points (``train_brain_it``, ``adapt_new_subject``,
 ``BrainITDecoder``, ``top1_among``):
 
-1. Brain-IT trained jointly on every subject but the last, its step count fitted to ``--budget-s`` from a
-   timed probe; top-1 among the 300 test images of the first subject, both ways, and on 300 training images;
+1. Brain-IT trained jointly on every subject but the last (or the first ``--joint-subjects``), its step count
+   fitted to ``--budget-s`` from a timed probe; top-1 among the 300 test images of the first subject, both
+   ways, and on 300 training images;
 2. the last subject placed zero-shot from its voxels' profiles (on that fraction and on all its images), then
    added by training only its voxel embeddings on ``--adapt-fraction`` of its images,
    against Brain-IT trained on that subject alone on the same images for the same steps (``--joint-run`` starts
@@ -157,7 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["betas_sha1"] = {s.subject: betas_sha1(s) for s in subjects}
     result["betas_abs_mean"] = {s.subject: round(float(np.abs(s.betas).mean(dtype=np.float64)), 6) for s in subjects}
     print(f"simulated {len(subjects)} subjects in {result['simulate_s']} s", flush=True)
-    joint, new = subjects[:-1], subjects[-1]
+    n_joint = args.joint_subjects or len(subjects) - 1
+    if not 1 <= n_joint < len(subjects):
+        raise SystemExit(f"--joint-subjects must be 1 to {len(subjects) - 1}, got {n_joint}")
+    joint, new = subjects[:n_joint], subjects[-1]
     n_tokens, clip_dim = features.tokens.shape[1:]
     config = BrainITConfig(n_clusters=args.clusters, embed_dim=args.embed_dim, dim=args.dim, heads=args.heads,
                            depth=args.depth, n_tokens=n_tokens, clip_dim=clip_dim, latent_channels=0,
@@ -219,6 +223,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--work", help="folder for the runs (default: a new temporary folder)")
     p.add_argument("--joint-run", help="a finished joint run to adapt from instead of training one")
+    p.add_argument("--joint-subjects", type=int,
+                   help="train the joint run on the first N subjects (default: every subject but the last)")
     p.add_argument("--tuning-axes", type=int, help="override the simulation's tuning_axes (shared tuning per ROI)")
     p.add_argument("--clusters", type=int, default=128)
     p.add_argument("--embed-dim", type=int, default=32)

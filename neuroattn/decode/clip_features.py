@@ -180,8 +180,9 @@ def load_clip(
     model = open_clip.create_model(model_name, pretrained=None, device="cpu")
     try:
         load_checkpoint(model, str(path), strict=True, weights_only=True)
-    except (RuntimeError, OSError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: cannot load {model_name} CLIP weights ({str(err).splitlines()[0]})") from err
+    except (RuntimeError, OSError, ValueError, KeyError, AssertionError) as err:  # open_clip asserts on shapes
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: cannot load {model_name} CLIP weights ({reason})") from err
     tokenizer = open_clip.get_tokenizer(model_name)
     return ClipEncoder(model, tokenizer, trained=True, source=str(path), device=device)
 

@@ -97,3 +97,28 @@ def test_lowlevel_features_closed_forms():
 def test_missing_weights_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_clip(tmp_path / "absent.safetensors", model_name="ViT-B-32")
+
+
+def test_local_weights_of_a_real_architecture_load_exactly(tmp_path, images):
+    """What ``--clip-weights`` does with real weights: a ViT-S-32 checkpoint written locally (random weights,
+    safetensors) loads strictly, is marked trained, and gives the source model's own image and text embeddings."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = open_clip.create_model("ViT-S-32", pretrained=None).eval()
+    path = tmp_path / "vit-s-32.safetensors"
+    save_file({k: v.detach().clone().contiguous() for k, v in source.state_dict().items()}, str(path))
+
+    clip = load_clip(path, model_name="ViT-S-32")
+    assert clip.trained and clip.source == str(path)
+    assert (clip.n_tokens, clip.dim) == (1 + 7 * 7, source.visual.proj.shape[1])
+    feats = clip.encode_images(images[:2])
+    with torch.no_grad():
+        expected = source.encode_image(clip._prepare(images[:2])).numpy()
+        expected_text = source.encode_text(open_clip.get_tokenizer("ViT-S-32")(["a red square"])).numpy()
+    np.testing.assert_allclose(feats.pooled, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats.tokens[:, 0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(clip.encode_text(["a red square"]), expected_text, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointError, match="cannot load ViT-B-32"):
+        load_clip(path, model_name="ViT-B-32")
