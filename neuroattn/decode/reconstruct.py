@@ -207,8 +207,8 @@ class Reconstructor:
             raise CheckpointError(f"{folder}: Stable unCLIP needs the transformers package "
                                   f"(pip install transformers) ({err})") from err
         try:
-            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True,
-                                                               torch_dtype=torch.float32)
+            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, local_files_only=True)
+            pipe.to(dtype=torch.float32)  # not a load argument: its name differs across diffusers versions
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{folder}: cannot load StableUnCLIPImg2ImgPipeline ({err})") from err
         with torch.no_grad():
